@@ -1,0 +1,47 @@
+"""lstm_jax: every classic recurrent cell as pure JAX functions, unrolled with one scan.
+
+Quick start::
+
+    import jax, jax.numpy as jnp, lstm_jax as lj
+    cell = lj.lstm(64)
+    params = cell.init(jax.random.key(0), input_size=8)
+    ys, carry = lj.unroll(cell, params, jnp.ones((4, 100, 8)))   # ys: [4, 100, 64]
+"""
+
+from lstm_jax import initializers
+from lstm_jax.cell import Cell
+from lstm_jax.cells import (
+    GREFF_VARIANTS,
+    GRUParams,
+    GRUState,
+    LSTMParams,
+    LSTMState,
+    MUTParams,
+    RNNParams,
+    RNNState,
+    greff_variant,
+    gru,
+    lstm,
+    mut1,
+    mut2,
+    mut3,
+    rnn,
+)
+from lstm_jax.layers import (
+    BidirectionalCarry,
+    BidirectionalParams,
+    Layer,
+    bidirectional,
+    layer,
+    stack,
+)
+from lstm_jax.unroll import UnrollAux, reverse_within_lengths, unroll
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BidirectionalCarry", "BidirectionalParams", "Cell", "GREFF_VARIANTS", "GRUParams", "GRUState",
+    "LSTMParams", "LSTMState", "Layer", "MUTParams", "RNNParams", "RNNState", "UnrollAux",
+    "bidirectional", "greff_variant", "gru", "initializers", "layer", "lstm", "mut1", "mut2",
+    "mut3", "reverse_within_lengths", "rnn", "stack", "unroll",
+]

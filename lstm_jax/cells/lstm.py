@@ -1,0 +1,237 @@
+"""The LSTM (Hochreiter & Schmidhuber 1997; forget gate: Gers et al. 2000) and its variants."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lstm_jax import _checks
+from lstm_jax import initializers as inits
+from lstm_jax.cell import ACTIVATIONS, Cell, make_cell, split_blocks
+
+Array = jax.Array
+
+# Fused gate order along the last axis of w_x, w_h and b: PyTorch's (i, f, g, o), with the
+# blocks of switched-off gates left out.
+GATE_ORDER = ("input", "forget", "candidate", "output")
+SIGMOID_GATES = ("input", "forget", "output")
+
+
+class LSTMParams(NamedTuple):
+    """LSTM parameters; ``G`` is the number of gate blocks present (4 for the vanilla LSTM).
+
+    Weights are ``[in, out]`` (``x @ w``); PyTorch stores the transpose.
+    """
+
+    w_x: Array  # [I, G*H]   input kernel, blocks in GATE_ORDER
+    w_h: Array  # [O, G*H]   recurrent kernel (O = proj_size or H)
+    b: Array  # [G*H]        bias (PyTorch's b_ih + b_hh)
+    peephole_i: Array | None = None  # [H]  input gate looks at c_{t-1}
+    peephole_f: Array | None = None  # [H]  forget gate looks at c_{t-1}
+    peephole_o: Array | None = None  # [H]  output gate looks at c_t
+    w_gates: Array | None = None  # [S*H, S*H] previous sigmoid gates -> sigmoid gates (FGR)
+    w_proj: Array | None = None  # [H, P]  recurrent projection (proj_size)
+
+
+class LSTMState(NamedTuple):
+    """LSTM carry. ``gates`` is only used with ``full_gate_recurrence``."""
+
+    hidden: Array  # [..., O]  h_t (the projected output when proj_size is set)
+    cell: Array  # [..., H]    c_t, the "conveyor belt"
+    gates: Array | None = None  # [..., S*H] previous sigmoid gate activations (FGR only)
+
+
+# Greff et al. 2015, "LSTM: A Search Space Odyssey": their vanilla LSTM has peepholes, and
+# each of the eight variants changes one thing.
+GREFF_VARIANTS: dict[str, dict[str, Any]] = {
+    "V": dict(peephole=True),
+    "NIG": dict(peephole=True, input_gate=False),
+    "NFG": dict(peephole=True, forget_gate=False),
+    "NOG": dict(peephole=True, output_gate=False),
+    "NIAF": dict(peephole=True, input_activation="identity"),
+    "NOAF": dict(peephole=True, output_activation="identity"),
+    "NP": dict(peephole=False),
+    "CIFG": dict(peephole=True, coupled=True),
+    "FGR": dict(peephole=True, full_gate_recurrence=True),
+}
+
+
+def lstm(
+    hidden_size: int,
+    *,
+    forget_bias: float = 1.0,
+    peephole: bool = False,
+    coupled: bool = False,
+    input_gate: bool = True,
+    forget_gate: bool = True,
+    output_gate: bool = True,
+    input_activation: str = "tanh",
+    output_activation: str = "tanh",
+    full_gate_recurrence: bool = False,
+    proj_size: int | None = None,
+    kernel_init: inits.Initializer | None = None,
+    recurrent_init: inits.Initializer | None = None,
+    bias_init: inits.Initializer | None = None,
+) -> Cell:
+    r"""Long short-term memory cell with forget gate and the variants of Greff et al. 2015.
+
+    With ``g`` the input activation and ``h`` the output activation (both ``tanh`` by
+    default), ``\sigma`` the logistic sigmoid and ``\odot`` the elementwise product:
+
+    .. math::
+
+        f_t &= \sigma(x_t W_{xf} + h_{t-1} W_{hf} + p_f \odot c_{t-1} + b_f) \\
+        i_t &= \sigma(x_t W_{xi} + h_{t-1} W_{hi} + p_i \odot c_{t-1} + b_i) \\
+        \tilde c_t &= g(x_t W_{xg} + h_{t-1} W_{hg} + b_g) \\
+        c_t &= f_t \odot c_{t-1} + i_t \odot \tilde c_t \\
+        o_t &= \sigma(x_t W_{xo} + h_{t-1} W_{ho} + p_o \odot c_t + b_o) \\
+        m_t &= o_t \odot h(c_t), \qquad h_t = m_t \; (\text{or } m_t W_{proj})
+
+    The article's order: the forget gate decides what to drop from the cell state, the
+    input gate and the candidate layer what to write, and the output gate what to show.
+    Peephole terms ``p`` are present only with ``peephole=True`` (diagonal weights: the
+    input and forget gates see ``c_{t-1}``, the output gate sees ``c_t``, as in Gers &
+    Schmidhuber 2000).
+
+    Gate order along the fused axis is PyTorch's ``(i, f, g, o)``; blocks of gates that are
+    switched off are omitted, so ``G`` (the number of blocks) is 4 for the vanilla cell.
+
+    Args:
+      hidden_size: ``H``, the number of cells.
+      forget_bias: added to the forget gate's initial bias (default 1.0, Jozefowicz et al.
+        2015). It is an initial value, not a constant in the equations, so parameters
+        converted from PyTorch reproduce PyTorch exactly.
+      peephole: add diagonal peephole weights ``p_i, p_f, p_o`` (initialised to zero).
+      coupled: CIFG, the coupled input–forget gate: ``i_t = 1 - f_t`` (no input gate block).
+      input_gate: ``False`` fixes ``i_t = 1`` (Greff's NIG).
+      forget_gate: ``False`` fixes ``f_t = 1`` (Greff's NFG; the 1997 LSTM).
+      output_gate: ``False`` fixes ``o_t = 1`` (Greff's NOG).
+      input_activation: ``g``, one of ``"tanh"``, ``"identity"`` (NIAF), ``"relu"``, ``"sigmoid"``.
+      output_activation: ``h``, same choices (``"identity"`` is Greff's NOAF).
+      full_gate_recurrence: the sigmoid gates also receive the previous step's sigmoid gate
+        activations through ``w_gates`` (Greff's FGR); the carry then holds them.
+      proj_size: ``P``; if set, ``h_t = m_t W_{proj}`` has size ``P`` (Sak et al. 2014;
+        PyTorch's ``proj_size``), and the recurrent kernel reads ``h_{t-1}`` of size ``P``.
+      kernel_init: initialiser for each ``[I, H]`` input block (default Glorot uniform).
+      recurrent_init: initialiser for each ``[O, H]`` recurrent block (default orthogonal).
+      bias_init: initialiser for each ``[H]`` bias block (default zeros); ``forget_bias`` is
+        added to the forget block.
+
+    Returns:
+      A :class:`~lstm_jax.Cell` with :class:`LSTMParams` and :class:`LSTMState`.
+      ``project(params, xs[..., I]) -> [..., G*H]``; ``recur`` returns ``y_t = h_t [..., O]``.
+    """
+    hidden_size = _checks.positive_int("hidden_size", hidden_size)
+    if proj_size is not None:
+        proj_size = _checks.positive_int("proj_size", proj_size)
+        if proj_size >= hidden_size:
+            raise ValueError(f"`proj_size` must be smaller than `hidden_size` ({hidden_size}), got {proj_size}.")
+    act_in = ACTIVATIONS[_checks.choice("input_activation", input_activation, ACTIVATIONS)]
+    act_out = ACTIVATIONS[_checks.choice("output_activation", output_activation, ACTIVATIONS)]
+    if coupled and not (input_gate and forget_gate):
+        raise ValueError("`coupled=True` derives the input gate from the forget gate; it needs "
+                         "`input_gate=True` and `forget_gate=True`.")
+    options = dict(
+        hidden_size=hidden_size, forget_bias=forget_bias, peephole=peephole, coupled=coupled,
+        input_gate=input_gate, forget_gate=forget_gate, output_gate=output_gate,
+        input_activation=input_activation, output_activation=output_activation,
+        full_gate_recurrence=full_gate_recurrence, proj_size=proj_size,
+    )
+    present = {"input": input_gate and not coupled, "forget": forget_gate, "candidate": True,
+               "output": output_gate}
+    names = tuple(n for n in GATE_ORDER if present[n])
+    sigmoid_names = tuple(n for n in names if n in SIGMOID_GATES)
+    if full_gate_recurrence and not sigmoid_names:
+        raise ValueError("`full_gate_recurrence=True` needs at least one sigmoid gate.")
+    H, G, S = hidden_size, len(names), len(sigmoid_names)
+    O = proj_size or hidden_size
+    kernel_init = kernel_init or inits.glorot_uniform()
+    recurrent_init = recurrent_init or inits.orthogonal()
+    bias_init = bias_init or inits.zeros
+
+    def init(key, input_size, *, dtype=jnp.float32):
+        input_size = _checks.positive_int("input_size", input_size)
+        dtype = _checks.floating_dtype("dtype", dtype)
+        kx, kh, kb, kg, kp = jax.random.split(key, 5)
+        b = inits.init_blocks(bias_init, kb, None, H, G, dtype)
+        if forget_gate:
+            f = names.index("forget")
+            b = b.at[f * H:(f + 1) * H].add(jnp.asarray(forget_bias, dtype))
+        zeros_h = jnp.zeros((H,), dtype)
+        return LSTMParams(
+            w_x=inits.init_blocks(kernel_init, kx, input_size, H, G, dtype),
+            w_h=inits.init_blocks(recurrent_init, kh, O, H, G, dtype),
+            b=b,
+            peephole_i=zeros_h if peephole and present["input"] else None,
+            peephole_f=zeros_h if peephole and forget_gate else None,
+            peephole_o=zeros_h if peephole and output_gate else None,
+            w_gates=(inits.init_blocks(recurrent_init, kg, S * H, H, S, dtype)
+                     if full_gate_recurrence else None),
+            w_proj=kernel_init(kp, (H, O), dtype) if proj_size else None,
+        )
+
+    def init_carry(params, batch_shape=()):
+        dtype = params.w_h.dtype
+        zeros = lambda n: jnp.zeros(tuple(batch_shape) + (n,), dtype)
+        return LSTMState(hidden=zeros(O), cell=zeros(H),
+                         gates=zeros(S * H) if full_gate_recurrence else None)
+
+    def project(params, xs):
+        _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
+        return xs @ params.w_x + params.b
+
+    def recur_impl(params, carry, px, with_gates):
+        c_prev = carry.cell
+        pre = split_blocks(px + carry.hidden @ params.w_h, names)
+        if full_gate_recurrence:
+            rec = split_blocks(carry.gates @ params.w_gates, sigmoid_names)
+            for n in sigmoid_names:
+                pre[n] = pre[n] + rec[n]
+
+        def gate(name, peep, c):
+            z = pre[name]
+            return jax.nn.sigmoid(z if peep is None else z + peep * c)
+
+        f = gate("forget", params.peephole_f, c_prev) if forget_gate else None
+        if coupled:
+            i = 1.0 - f
+        elif input_gate:
+            i = gate("input", params.peephole_i, c_prev)
+        else:
+            i = None
+        g = act_in(pre["candidate"])
+        c = (c_prev if f is None else f * c_prev) + (g if i is None else i * g)
+        o = gate("output", params.peephole_o, c) if output_gate else None
+        m = act_out(c) if o is None else o * act_out(c)
+        h = m if params.w_proj is None else m @ params.w_proj
+        acts = {"input": i, "forget": f, "candidate": g, "output": o}
+        new_gates = (jnp.concatenate([acts[n] for n in sigmoid_names], axis=-1)
+                     if full_gate_recurrence else None)
+        new = LSTMState(hidden=h, cell=c, gates=new_gates)
+        if not with_gates:
+            return new, h
+        seen = {k: v for k, v in acts.items() if v is not None}
+        return new, h, dict(seen, cell=c, hidden=h)
+
+    return make_cell(name="lstm", options=options, hidden_size=H, output_size=O, init=init,
+                     init_carry=init_carry, project=project, recur_impl=recur_impl)
+
+
+def greff_variant(name: str, hidden_size: int, **overrides: Any) -> Cell:
+    """One of the nine LSTMs compared by Greff et al. 2015, by its short name.
+
+    Args:
+      name: a key of :data:`GREFF_VARIANTS`: ``V`` (vanilla, with peepholes), ``NIG``,
+        ``NFG``, ``NOG`` (no input/forget/output gate), ``NIAF``, ``NOAF`` (no input/output
+        activation), ``NP`` (no peepholes), ``CIFG`` (coupled gates), ``FGR`` (full gate
+        recurrence).
+      hidden_size: ``H``.
+      **overrides: further :func:`lstm` keyword arguments (e.g. ``forget_bias``).
+
+    Returns:
+      The :class:`~lstm_jax.Cell`.
+    """
+    _checks.choice("name", name, GREFF_VARIANTS)
+    return lstm(hidden_size, **{**GREFF_VARIANTS[name], **overrides})

@@ -1,0 +1,173 @@
+"""``unroll``: the one place in the library that scans a cell over time."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstm_jax import _checks
+from lstm_jax.cell import Cell
+
+Array = jax.Array
+
+
+class UnrollAux(NamedTuple):
+    """What :func:`unroll` returns on request, laid out like ``ys`` (time on the same axis)."""
+
+    carries: Any | None  # the carry after every step: leaves [..., T, n] ([T, ..., n] time-major)
+    gates: dict[str, Array] | None  # per-step activations by name: [..., T, H]
+
+
+def reverse_within_lengths(xs: Array, lengths: Array) -> Array:
+    """Reverses each sequence of a time-major batch within its own length.
+
+    Step ``t < lengths[b]`` of sequence ``b`` goes to ``lengths[b] - 1 - t``; padding stays
+    where it is. The map is its own inverse.
+
+    Args:
+      xs: ``[T, ..., F]`` time-major sequences.
+      lengths: ``[...]`` integer lengths.
+
+    Returns:
+      ``[T, ..., F]``.
+    """
+    T = xs.shape[0]
+    t = jnp.arange(T, dtype=lengths.dtype).reshape((T,) + (1,) * lengths.ndim)
+    idx = jnp.where(t < lengths, lengths - 1 - t, t)  # [T, ...]
+    idx = jnp.broadcast_to(idx[..., None], idx.shape + xs.shape[lengths.ndim + 1:])
+    return jnp.take_along_axis(xs, idx, axis=0)
+
+
+def _check_carry(cell: Cell, params, carry, batch_shape) -> None:
+    expected = jax.eval_shape(lambda p: cell.init_carry(p, batch_shape), params)
+    exp_leaves, exp_tree = jax.tree_util.tree_flatten(expected)
+    got_leaves, got_tree = jax.tree_util.tree_flatten(carry)
+    describe = lambda leaves: [tuple(jnp.shape(x)) for x in leaves]
+    if got_tree != exp_tree:
+        raise ValueError(f"`carry` must have the structure of `cell.init_carry(params, {batch_shape})`: "
+                         f"{exp_tree}, got {got_tree}.")
+    if describe(got_leaves) != describe(exp_leaves):
+        raise ValueError(f"`carry` must have shapes {describe(exp_leaves)} for batch shape "
+                         f"{batch_shape}, got {describe(got_leaves)}.")
+    for g, e in zip(got_leaves, exp_leaves):
+        if jnp.result_type(g) != e.dtype:
+            raise TypeError(f"`carry` must have dtype {e.dtype} (the parameters'), got {jnp.result_type(g)}.")
+
+
+def _check_lengths(lengths, batch_shape, T) -> Array:
+    if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
+        raise TypeError(f"`lengths` must be an integer array, got dtype {jnp.result_type(lengths)}.")
+    if tuple(jnp.shape(lengths)) != tuple(batch_shape):
+        raise ValueError(f"`lengths` must have shape {tuple(batch_shape)} (the batch shape of `xs`), "
+                         f"got {tuple(jnp.shape(lengths))}.")
+    if _checks.is_concrete(lengths):
+        values = np.asarray(lengths)
+        if values.size and (values.min() < 0 or values.max() > T):
+            raise ValueError(f"`lengths` must lie in [0, {T}] (T, the number of steps in `xs`), "
+                             f"got values in [{values.min()}, {values.max()}].")
+    return jnp.asarray(lengths)
+
+
+def unroll(
+    cell: Cell,
+    params: Any,
+    xs: Array,
+    carry: Any = None,
+    *,
+    lengths: Array | None = None,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int | bool = 1,
+    return_carries: bool = False,
+    return_gates: bool = False,
+):
+    """Runs ``cell`` over a sequence with one ``jax.lax.scan``.
+
+    The input projection ``cell.project`` runs once for all steps before the scan (one
+    large matmul), so the scan body does only the recurrent matmul and elementwise work.
+
+    Args:
+      cell: the :class:`~lstm_jax.Cell`.
+      params: its parameters.
+      xs: ``[..., T, I]`` inputs (``[T, ..., I]`` if ``time_major``); ``...`` is any batch
+        shape, including none.
+      carry: initial carry with leaves ``[..., n]``; zeros (``cell.init_carry``) if None.
+      lengths: optional ``[...]`` integer valid lengths in ``[0, T]``. Steps at or beyond a
+        sequence's length leave its carry unchanged and output zeros, so the returned carry
+        is each sequence's last valid one. Values are checked when concrete; under ``jit``
+        they are not, and lengths past ``T`` act as ``T``.
+      reverse: run from the last step to the first. With ``lengths``, each sequence is
+        reversed within its own length (padding stays at the end), which is what a
+        bidirectional layer over a padded batch needs. Outputs stay in input order.
+      time_major: whether time is the leading axis of ``xs`` (and of the outputs).
+      unroll: passed to ``lax.scan``: steps per loop iteration (or True for all).
+      return_carries: also return the carry after every step.
+      return_gates: also return per-step gate activations (``cell.recur_with_gates``);
+        traced only when asked for, so the default path is unchanged.
+
+    Returns:
+      ``(ys, carry)`` where ``ys`` is ``[..., T, O]`` (``[T, ..., O]`` if ``time_major``) and
+      ``carry`` is the final carry; with ``return_carries`` or ``return_gates``,
+      ``(ys, carry, UnrollAux(carries, gates))``.
+
+    Raises:
+      ValueError: ``xs`` of rank < 2 or the wrong feature size; a ``carry`` or ``lengths``
+        of the wrong shape; ``lengths`` outside ``[0, T]``.
+      TypeError: ``xs``/``carry`` dtype differs from the parameters'; non-integer ``lengths``.
+    """
+    xs_shape = tuple(jnp.shape(xs))
+    layout = "[T, ..., I]" if time_major else "[..., T, I]"
+    if len(xs_shape) < 2:
+        raise ValueError(f"`xs` must have shape {layout} (at least 2 axes), got shape {xs_shape}.")
+    if time_major:
+        T, batch_shape, xs_tm = xs_shape[0], xs_shape[1:-1], xs
+    else:
+        T, batch_shape, xs_tm = xs_shape[-2], xs_shape[:-2], jnp.moveaxis(xs, -2, 0)
+
+    if carry is None:
+        carry = cell.init_carry(params, batch_shape)
+    else:
+        _check_carry(cell, params, carry, batch_shape)
+    if lengths is not None:
+        lengths = _check_lengths(lengths, batch_shape, T)
+        if reverse:
+            xs_tm = reverse_within_lengths(xs_tm, lengths)
+
+    px = cell.project(params, xs_tm)  # [T, ..., *] all steps in one matmul
+    recur = cell.recur_with_gates if return_gates else cell.recur
+    ts = jnp.arange(T, dtype=lengths.dtype if lengths is not None else jnp.int32)
+
+    def body(carry, inputs):
+        px_t, t = inputs
+        out = recur(params, carry, px_t)
+        new_carry, y = out[0], out[1]
+        gates = out[2] if return_gates else None
+        if lengths is not None:
+            valid = (t < lengths)[..., None]  # [..., 1]
+            new_carry = jax.tree_util.tree_map(lambda n, o: jnp.where(valid, n, o), new_carry, carry)
+            y = jnp.where(valid, y, jnp.zeros_like(y))
+            if gates is not None:
+                gates = {k: jnp.where(valid, v, jnp.zeros_like(v)) for k, v in gates.items()}
+        return new_carry, (y, new_carry if return_carries else None, gates)
+
+    # With lengths, reversal was done on the inputs; the scan itself runs forwards.
+    scan_reverse = reverse and lengths is None
+    carry, (ys, carries, gates) = jax.lax.scan(body, carry, (px, ts), reverse=scan_reverse,
+                                               unroll=unroll)
+
+    def to_layout(a):
+        if reverse and lengths is not None:
+            a = reverse_within_lengths(a, lengths)
+        return a if time_major else jnp.moveaxis(a, 0, -2)
+
+    ys = to_layout(ys)
+    if not (return_carries or return_gates):
+        return ys, carry
+    aux = UnrollAux(
+        carries=jax.tree_util.tree_map(to_layout, carries) if return_carries else None,
+        gates={k: to_layout(v) for k, v in gates.items()} if return_gates else None,
+    )
+    return ys, carry, aux
