@@ -61,3 +61,32 @@ def features(name: str, x: Any, size: int, dtype: Any, *, what: str = "[..., I]"
 def is_concrete(x: Any) -> bool:
     """True if ``x`` is not a tracer, so its values can be inspected."""
     return not isinstance(x, jax.core.Tracer)
+
+
+def params_of(params: Any, cls: type, field: str, last_axis: int) -> None:
+    """Checks that ``params`` is a ``cls`` whose ``field`` has ``last_axis`` columns.
+
+    Catches parameters from another kind of cell, or from the same kind with another
+    hidden size, before they fail deep inside a matmul.
+    """
+    if not isinstance(params, cls):
+        raise TypeError(f"`params` must be {cls.__name__} (from this cell's init), got {type(params).__name__}.")
+    got = jnp.shape(getattr(params, field))
+    if not got or got[-1] != last_axis:
+        raise ValueError(f"`params.{field}` must have last axis {last_axis} for this cell, got shape "
+                         f"{tuple(got)}; were the params made by a cell of another size or option set?")
+
+
+def batch_shape(value: Any) -> tuple[int, ...]:
+    """Normalises ``batch_shape`` (an int or a sequence of ints) to a tuple."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        if isinstance(value, str):
+            raise TypeError
+        shape = tuple(int(n) for n in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`batch_shape` must be an int or a tuple of ints, got {value!r}.") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"`batch_shape` must not have negative sizes, got {shape}.")
+    return shape

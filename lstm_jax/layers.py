@@ -125,6 +125,9 @@ def stack(layers: Sequence[Cell | Layer], *, dropout_rate: float = 0.0, time_maj
     Returns:
       A :class:`Layer` whose params and carry are tuples with one entry per layer.
     """
+    if isinstance(layers, (Cell, Layer)):
+        raise TypeError(f"`layers` must be a list of cells or layers, got a single {type(layers).__name__}; "
+                        "wrap it in a list: stack([...]).")
     layers = tuple(_as_layer(x, f"layers[{i}]", time_major=time_major) for i, x in enumerate(layers))
     if not layers:
         raise ValueError("`layers` must contain at least one cell or layer.")

@@ -58,6 +58,7 @@ def _check_carry(cell: Cell, params, carry, batch_shape) -> None:
 
 
 def _check_lengths(lengths, batch_shape, T) -> Array:
+    lengths = jnp.asarray(lengths)  # accept lists and NumPy arrays
     if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
         raise TypeError(f"`lengths` must be an integer array, got dtype {jnp.result_type(lengths)}.")
     if tuple(jnp.shape(lengths)) != tuple(batch_shape):
@@ -125,6 +126,7 @@ def unroll(
     if time_major:
         T, batch_shape, xs_tm = xs_shape[0], xs_shape[1:-1], xs
     else:
+        jax.eval_shape(cell.project, params, xs)  # checks xs in the caller's layout (shapes only)
         T, batch_shape, xs_tm = xs_shape[-2], xs_shape[:-2], jnp.moveaxis(xs, -2, 0)
 
     if carry is None:

@@ -83,9 +83,11 @@ def gru(
         )
 
     def init_carry(params, batch_shape=()):
-        return GRUState(hidden=jnp.zeros(tuple(batch_shape) + (H,), params.w_h.dtype))
+        _checks.params_of(params, GRUParams, "w_h", 3 * H)
+        return GRUState(hidden=jnp.zeros(_checks.batch_shape(batch_shape) + (H,), params.w_h.dtype))
 
     def project(params, xs):
+        _checks.params_of(params, GRUParams, "w_h", 3 * H)
         _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         return xs @ params.w_x + params.b
 

@@ -173,12 +173,14 @@ def lstm(
         )
 
     def init_carry(params, batch_shape=()):
-        dtype = params.w_h.dtype
-        zeros = lambda n: jnp.zeros(tuple(batch_shape) + (n,), dtype)
+        _checks.params_of(params, LSTMParams, "w_h", G * H)
+        dtype, batch_shape = params.w_h.dtype, _checks.batch_shape(batch_shape)
+        zeros = lambda n: jnp.zeros(batch_shape + (n,), dtype)
         return LSTMState(hidden=zeros(O), cell=zeros(H),
                          gates=zeros(S * H) if full_gate_recurrence else None)
 
     def project(params, xs):
+        _checks.params_of(params, LSTMParams, "w_h", G * H)
         _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         return xs @ params.w_x + params.b
 

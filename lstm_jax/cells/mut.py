@@ -58,9 +58,11 @@ def _mut(variant: str, hidden_size: int, kernel_init, recurrent_init) -> Cell:
         )
 
     def init_carry(params, batch_shape=()):
-        return GRUState(hidden=jnp.zeros(tuple(batch_shape) + (H,), params.w_hr.dtype))
+        _checks.params_of(params, MUTParams, "w_hr", H)
+        return GRUState(hidden=jnp.zeros(_checks.batch_shape(batch_shape) + (H,), params.w_hr.dtype))
 
     def project(params, xs):
+        _checks.params_of(params, MUTParams, "w_hr", H)
         _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         learned = split_blocks(xs @ params.w_x, kernel_blocks)
         fixed = {"reset": xs, "candidate": jnp.tanh(xs)}  # only used by MUT1/MUT2

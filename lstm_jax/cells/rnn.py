@@ -73,9 +73,11 @@ def rnn(
                          b=bias_init(kb, (H,), dtype))
 
     def init_carry(params, batch_shape=()):
-        return RNNState(hidden=jnp.zeros(tuple(batch_shape) + (H,), params.w_h.dtype))
+        _checks.params_of(params, RNNParams, "w_h", H)
+        return RNNState(hidden=jnp.zeros(_checks.batch_shape(batch_shape) + (H,), params.w_h.dtype))
 
     def project(params, xs):
+        _checks.params_of(params, RNNParams, "w_h", H)
         _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         return xs @ params.w_x + params.b
 
