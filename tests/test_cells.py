@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax import initializers
 
@@ -141,12 +142,7 @@ def run_reference(cell, params, xs, carry=None):
 
 # ------------------------------------------------------------------------------------ helpers
 
-def assert_tree_close(got, want, **tol):
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_allclose(np.asarray(g, np.float64), w, **tol)
-
-
+assert_tree_close = helpers.assert_trees_close
 def normal(rng, shape, dtype=F64):
     """N(0, 1) drawn by NumPy (no per-shape XLA compiles for random numbers)."""
     return jnp.asarray(rng.standard_normal(shape), dtype)

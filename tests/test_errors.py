@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax import initializers
 
@@ -199,12 +200,7 @@ def test_error_message(thunk, error, fragments):
         thunk()
 
 
-def assert_close(actual, expected):
-    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
-    for a, e in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
-        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
-
-
+assert_close = helpers.assert_trees_close
 def test_lengths_may_be_a_python_list():
     ys, carry = unroll(lengths=[T, 2])
     ys_ref, carry_ref = unroll(lengths=lengths(T, 2))

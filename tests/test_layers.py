@@ -9,11 +9,14 @@ carry passed back in continues the sequence, and f32/bf16/f64 are preserved end 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax.layers import dropout
 
@@ -48,13 +51,7 @@ def padded_batch(seed=3):
     return jnp.where(jnp.asarray(valid), xs, garbage), jnp.array(LENGTHS, jnp.int32)
 
 
-def assert_trees_close(actual, expected, **tol):
-    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
-    for a, e in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
-        assert a.shape == e.shape and a.dtype == e.dtype
-        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), **(tol or TOL))
-
-
+assert_trees_close = functools.partial(helpers.assert_trees_close, same_dtype=True)
 def take(tree, index):
     return jax.tree_util.tree_map(lambda a: a[index], tree)
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers  # tests/helpers.py
 import lstm_jax as lj
 
 F64 = jnp.float64
@@ -94,13 +95,7 @@ def loop(cell, params, xs, carry=None, *, reverse=False, gates=False):
     return stack_time(ys), carry, stack_time(carries), stack_time(acts) if gates else None
 
 
-def assert_trees_close(actual, expected, **tol):
-    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
-    for a, e in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
-        assert a.shape == e.shape and a.dtype == e.dtype
-        np.testing.assert_allclose(np.asarray(a), np.asarray(e), **(tol or TOL))
-
-
+assert_trees_close = functools.partial(helpers.assert_trees_close, same_dtype=True)
 def take(tree, index):
     return jax.tree_util.tree_map(lambda a: a[index], tree)
 
