@@ -122,6 +122,40 @@ ACTIVATIONS: Mapping[str, Callable[[Array], Array]] = {
 }
 
 
+@jax.custom_vjp
+def clip_gradient(x: Array, bound: Array) -> Array:
+    """Identity on the way forward; clips the incoming gradient to ``[-bound, bound]``.
+
+    This is the "derivative clipping" of Graves 2013 (sec. 4): applied to a cell's gate
+    pre-activations, it bounds the error signal entering the gates at every step without
+    touching the forward computation. ``bound`` gets no gradient.
+    """
+    del bound
+    return x
+
+
+def _clip_gradient_fwd(x, bound):
+    return x, bound
+
+
+def _clip_gradient_bwd(bound, g):
+    bound = jnp.asarray(bound, g.dtype)
+    return jnp.clip(g, -bound, bound), jnp.zeros_like(bound)
+
+
+clip_gradient.defvjp(_clip_gradient_fwd, _clip_gradient_bwd)
+
+
+def layer_norm(x: Array, gain: Array, bias: Array | None = None, eps: float = 1e-5) -> Array:
+    """Normalises ``x[..., n]`` over its last axis, then scales by ``gain [n]`` (and shifts by
+    ``bias [n]``); statistics in at least float32, result in ``x``'s dtype."""
+    xf = x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x  # bf16/f16 stats in f32
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    y = ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype) * gain
+    return y if bias is None else y + bias
+
+
 def split_blocks(pre: Array, names: tuple[str, ...]) -> dict[str, Array]:
     """Splits ``pre[..., G*H]`` into ``{name: [..., H]}`` for the ``G`` gate ``names``."""
     return dict(zip(names, jnp.split(pre, len(names), axis=-1)))

@@ -59,7 +59,7 @@ def rnn(p, xs, state=None, *, activation="tanh"):
 
 def lstm(p, xs, state=None, *, peephole=False, coupled=False, input_gate=True, forget_gate=True,
          output_gate=True, input_activation="tanh", output_activation="tanh",
-         full_gate_recurrence=False, proj_size=None):
+         full_gate_recurrence=False, proj_size=None, layer_norm=False, derivative_clip=None):
     """LSTM with forget gate (Gers et al. 2000) and the variants of Greff et al. 2015.
 
     For each gate ``k`` in ``i`` (input), ``f`` (forget), ``g`` (candidate), ``o`` (output)
@@ -77,6 +77,11 @@ def lstm(p, xs, state=None, *, peephole=False, coupled=False, input_gate=True, f
     also receives ``a^s_{t-1} R_sk`` from every such gate ``s``'s previous activation (a
     coupled input gate has no weights of its own, so it is neither a source nor a target).
     With ``proj_size`` (Sak et al. 2014) ``h_t`` is projected to ``P`` and fed back.
+    With ``layer_norm`` (Ba et al. 2016) the input terms ``x_t W_xk`` of all blocks, taken
+    together in (i, f, g, o) order, are normalised to zero mean and unit variance and scaled
+    by ``a_xk``; the recurrent terms likewise with ``a_hk``; and ``h(c_t)`` becomes
+    ``h(a_c * norm(c_t) + b_c)`` (the carried ``c_t`` itself is not normalised).
+    ``derivative_clip`` changes only gradients, so the reference ignores it.
 
     ``p``: ``W_xk [I, H]``, ``W_hk [O, H]``, ``b_k [H]`` for the gates with weights; ``p_i``,
     ``p_f``, ``p_o [H]`` with peepholes; ``R_sk [H, H]`` with FGR; ``W_proj [H, P]``.
@@ -84,6 +89,7 @@ def lstm(p, xs, state=None, *, peephole=False, coupled=False, input_gate=True, f
     Activations: ``input`` (also when coupled), ``forget``, ``candidate``, ``output`` when
     present, and ``cell``, ``hidden``.
     """
+    del derivative_clip
     p = {k: _f64(v) for k, v in p.items()}
     xs = _f64(xs)
     B, T, _ = xs.shape
@@ -91,6 +97,12 @@ def lstm(p, xs, state=None, *, peephole=False, coupled=False, input_gate=True, f
     O = proj_size or H
     act_in, act_out = ACTIVATIONS[input_activation], ACTIVATIONS[output_activation]
     own = [k for k, on in (("i", input_gate and not coupled), ("f", forget_gate), ("o", output_gate)) if on]
+    blocks = [k for k in "ifgo" if k == "g" or k in own]
+
+    def normed(terms, gain):  # LN over the concatenation of all blocks' terms
+        z = np.concatenate([terms[k] for k in blocks], axis=-1)
+        z = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-5)
+        return {k: z[:, j * H:(j + 1) * H] * p[f"{gain}{k}"] for j, k in enumerate(blocks)}
     if state is None:
         state = {"h": np.zeros((B, O)), "c": np.zeros((B, H))}
         if full_gate_recurrence:
@@ -101,8 +113,13 @@ def lstm(p, xs, state=None, *, peephole=False, coupled=False, input_gate=True, f
     for t in range(T):
         x = xs[:, t]
 
+        zx = {k: x @ p[f"W_x{k}"] for k in blocks}
+        zh = {k: h @ p[f"W_h{k}"] for k in blocks}
+        if layer_norm:
+            zx, zh = normed(zx, "a_x"), normed(zh, "a_h")
+
         def pre(k):
-            z = x @ p[f"W_x{k}"] + h @ p[f"W_h{k}"] + p[f"b_{k}"]
+            z = zx[k] + zh[k] + p[f"b_{k}"]
             if full_gate_recurrence and k != "g":
                 for s in own:
                     z = z + prev[s] @ p[f"R_{s}{k}"]
@@ -126,7 +143,11 @@ def lstm(p, xs, state=None, *, peephole=False, coupled=False, input_gate=True, f
             o = acts["output"] = sigmoid(pre("o") + (p["p_o"] * c if peephole else 0.0))
         else:
             o = np.ones((B, H))
-        m = o * act_out(c)
+        if layer_norm:
+            c_n = (c - c.mean(-1, keepdims=True)) / np.sqrt(c.var(-1, keepdims=True) + 1e-5)
+            m = o * act_out(p["a_c"] * c_n + p["b_c"])
+        else:
+            m = o * act_out(c)
         h = m @ p["W_proj"] if proj_size else m
         if full_gate_recurrence:
             prev = {k: {"i": i, "f": f, "o": o}[k] for k in own}

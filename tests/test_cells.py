@@ -55,6 +55,9 @@ CELLS = {
     "lstm_proj": lambda: lj.lstm(H, proj_size=P),
     "lstm_proj_peephole": lambda: lj.lstm(H, proj_size=P, peephole=True),
     "lstm_proj_peephole_fgr": lambda: lj.lstm(H, proj_size=P, peephole=True, full_gate_recurrence=True),
+    "lstm_layer_norm": lambda: lj.lstm(H, layer_norm=True),
+    "lstm_layer_norm_peephole_cifg": lambda: lj.lstm(H, layer_norm=True, peephole=True, coupled=True),
+    "lstm_derivative_clip": lambda: lj.lstm(H, derivative_clip=0.05),
     **{f"greff_{v}": functools.partial(lj.greff_variant, v, H) for v in lj.GREFF_VARIANTS},
     "gru": lambda: lj.gru(H),
     "gru_reset_before": lambda: lj.gru(H, reset_after=False),
@@ -63,8 +66,8 @@ CELLS = {
     "mut3": lambda: lj.mut3(H),
 }
 INPUT_SIZE = {"mut1": H, "mut2": H}  # MUT1/MUT2 add x to a hidden-sized pre-activation
-DTYPE_CONFIGS = ["rnn_tanh", "lstm_proj_peephole_fgr", "gru", "mut3"]  # one per family
-GRAD_CONFIGS = ["rnn_tanh", "lstm", "lstm_proj_peephole", "lstm_fgr", "lstm_coupled", "gru",
+DTYPE_CONFIGS = ["rnn_tanh", "lstm_proj_peephole_fgr", "lstm_layer_norm", "gru", "mut3"]  # one per family
+GRAD_CONFIGS = ["rnn_tanh", "lstm", "lstm_proj_peephole", "lstm_fgr", "lstm_coupled", "lstm_layer_norm", "gru",
                 "gru_reset_before", "mut1", "mut2", "mut3"]
 all_cells = pytest.mark.parametrize("name", list(CELLS))
 
@@ -116,6 +119,9 @@ def ref_params(cell, params):
             out.update({f"R_{s}{k}": w for k, w in split(p.w_gates[j * H:(j + 1) * H], sig).items()})
     if p.w_proj is not None:
         out["W_proj"] = p.w_proj
+    if p.ln_x_gain is not None:
+        out.update({**split(p.ln_x_gain, blocks, "a_x"), **split(p.ln_h_gain, blocks, "a_h"),
+                    "a_c": p.ln_c_gain, "b_c": p.ln_c_bias})
     return out
 
 
@@ -241,7 +247,33 @@ def test_gradients_match_finite_differences(name):
     params = random_params(cell, n_in, seed=2)
     xs = normal(np.random.default_rng(2), (2, 3, n_in))
     f = jax.jit(lambda p, x: lj.unroll(cell, p, x))
-    check_grads(f, (params, xs), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+    check_grads(f, (params, xs), order=1, modes=("rev",), atol=1e-6, rtol=1e-6, eps=1e-6)
+
+
+def test_derivative_clip_clips_the_gradient_into_the_gates():
+    """Graves 2013: dL/d(gate pre-activation) is clipped at every step; the forward is unchanged.
+
+    With one step from a zero carry, dL/db is exactly dL/d(pre-activation), so the clipped
+    cell's bias gradient must be the unclipped one clipped; over T steps and B sequences
+    each bias entry sums at most B*T clipped terms.
+    """
+    bound = 0.05
+    plain, clipped = lj.lstm(H), lj.lstm(H, derivative_clip=bound)
+    params = random_params(plain, I, seed=3)
+    xs = 3.0 * normal(np.random.default_rng(3), (B, T, I))
+    loss = lambda cell, steps: jax.value_and_grad(
+        lambda p: jnp.sum(lj.unroll(cell, p, xs[:1, :steps])[0] ** 2))(params)
+    (l_plain, g_plain), (l_clip, g_clip) = loss(plain, 1), loss(clipped, 1)
+    assert float(l_plain) == float(l_clip)
+    assert np.abs(np.asarray(g_plain.b)).max() > bound  # the bound really bites
+    np.testing.assert_allclose(g_clip.b, np.clip(g_plain.b, -bound, bound), **TOL64)
+
+    g_many = jax.grad(lambda p: jnp.sum(lj.unroll(clipped, p, xs)[0] ** 2))(params)
+    assert np.abs(np.asarray(g_many.b)).max() <= B * T * bound + 1e-12
+    loose = lj.lstm(H, derivative_clip=1e6)  # never reached: gradients are exactly unclipped
+    g_loose = jax.grad(lambda p: jnp.sum(lj.unroll(loose, p, xs)[0] ** 2))(params)
+    g_free = jax.grad(lambda p: jnp.sum(lj.unroll(plain, p, xs)[0] ** 2))(params)
+    assert_tree_close(g_loose, g_free)
 
 
 # ------------------------------------------------------------------------------------- dtypes

@@ -242,6 +242,7 @@ def test_to_torch_of_a_fresh_stack(name):
 
 UNSUPPORTED = {
     "peepholes": (lambda: lj.stack([lj.lstm(4, peephole=True)]), "peepholes"),
+    "layer_norm": (lambda: lj.stack([lj.lstm(4, layer_norm=True)]), "layer normalisation"),
     "coupled": (lambda: lj.stack([lj.lstm(4, coupled=True)]), "coupled input-forget"),
     "no forget gate": (lambda: lj.stack([lj.lstm(4, forget_gate=False)]), "without a forget gate"),
     "identity output": (lambda: lj.stack([lj.lstm(4, output_activation="identity")]), "output activations"),

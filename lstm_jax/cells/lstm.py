@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 from lstm_jax import _checks
 from lstm_jax import initializers as inits
-from lstm_jax.cell import ACTIVATIONS, Cell, make_cell, split_blocks
+from lstm_jax.cell import layer_norm as layer_norm_fn
+from lstm_jax.cell import ACTIVATIONS, Cell, clip_gradient, make_cell, split_blocks
 
 Array = jax.Array
 
@@ -33,6 +34,10 @@ class LSTMParams(NamedTuple):
     peephole_o: Array | None = None  # [H]  output gate looks at c_t
     w_gates: Array | None = None  # [S*H, S*H] previous sigmoid gates -> sigmoid gates (FGR)
     w_proj: Array | None = None  # [H, P]  recurrent projection (proj_size)
+    ln_x_gain: Array | None = None  # [G*H]  layer norm of x W_x (layer_norm)
+    ln_h_gain: Array | None = None  # [G*H]  layer norm of h W_h
+    ln_c_gain: Array | None = None  # [H]    layer norm of c_t before the output activation
+    ln_c_bias: Array | None = None  # [H]
 
 
 class LSTMState(NamedTuple):
@@ -71,6 +76,8 @@ def lstm(
     output_activation: str = "tanh",
     full_gate_recurrence: bool = False,
     proj_size: int | None = None,
+    layer_norm: bool = False,
+    derivative_clip: float | None = None,
     kernel_init: inits.Initializer | None = None,
     recurrent_init: inits.Initializer | None = None,
     bias_init: inits.Initializer | None = None,
@@ -95,6 +102,17 @@ def lstm(
     input and forget gates see ``c_{t-1}``, the output gate sees ``c_t``, as in Gers &
     Schmidhuber 2000).
 
+    With ``layer_norm=True`` (Ba et al. 2016) the input and recurrent contributions are
+    normalised separately over all ``G*H`` pre-activations, as in the paper's equations, and
+    the cell state is normalised before the output activation:
+
+    .. math::
+
+        z_t = \mathrm{LN}(x_t W_x; \alpha_x) + \mathrm{LN}(h_{t-1} W_h; \alpha_h) + b,
+        \qquad m_t = o_t \odot h(\mathrm{LN}(c_t; \alpha_c, \beta_c))
+
+    (the paper's two gate biases ``\beta`` are folded into ``b``, which is equivalent).
+
     Gate order along the fused axis is PyTorch's ``(i, f, g, o)``; blocks of gates that are
     switched off are omitted, so ``G`` (the number of blocks) is 4 for the vanilla cell.
 
@@ -114,6 +132,10 @@ def lstm(
         activations through ``w_gates`` (Greff's FGR); the carry then holds them.
       proj_size: ``P``; if set, ``h_t = m_t W_{proj}`` has size ``P`` (Sak et al. 2014;
         PyTorch's ``proj_size``), and the recurrent kernel reads ``h_{t-1}`` of size ``P``.
+      layer_norm: layer-normalised LSTM (Ba et al. 2016); gains start at 1, ``\beta_c`` at 0.
+      derivative_clip: if set, the gradient flowing into every gate pre-activation is clipped
+        to ``[-derivative_clip, derivative_clip]`` at each step (Graves 2013's derivative
+        clipping); the forward pass is unchanged.
       kernel_init: initialiser for each ``[I, H]`` input block (default Glorot uniform).
       recurrent_init: initialiser for each ``[O, H]`` recurrent block (default orthogonal).
       bias_init: initialiser for each ``[H]`` bias block (default zeros); ``forget_bias`` is
@@ -133,11 +155,14 @@ def lstm(
     if coupled and not (input_gate and forget_gate):
         raise ValueError("`coupled=True` derives the input gate from the forget gate; it needs "
                          "`input_gate=True` and `forget_gate=True`.")
+    if derivative_clip is not None and not derivative_clip > 0:
+        raise ValueError(f"`derivative_clip` must be a positive number or None, got {derivative_clip!r}.")
     options = dict(
         hidden_size=hidden_size, forget_bias=forget_bias, peephole=peephole, coupled=coupled,
         input_gate=input_gate, forget_gate=forget_gate, output_gate=output_gate,
         input_activation=input_activation, output_activation=output_activation,
-        full_gate_recurrence=full_gate_recurrence, proj_size=proj_size,
+        full_gate_recurrence=full_gate_recurrence, proj_size=proj_size, layer_norm=layer_norm,
+        derivative_clip=derivative_clip,
     )
     present = {"input": input_gate and not coupled, "forget": forget_gate, "candidate": True,
                "output": output_gate}
@@ -160,6 +185,7 @@ def lstm(
             f = names.index("forget")
             b = b.at[f * H:(f + 1) * H].add(jnp.asarray(forget_bias, dtype))
         zeros_h = jnp.zeros((H,), dtype)
+        ones = lambda n: jnp.ones((n,), dtype) if layer_norm else None
         return LSTMParams(
             w_x=inits.init_blocks(kernel_init, kx, input_size, H, G, dtype),
             w_h=inits.init_blocks(recurrent_init, kh, O, H, G, dtype),
@@ -170,6 +196,8 @@ def lstm(
             w_gates=(inits.init_blocks(recurrent_init, kg, S * H, H, S, dtype)
                      if full_gate_recurrence else None),
             w_proj=kernel_init(kp, (H, O), dtype) if proj_size else None,
+            ln_x_gain=ones(G * H), ln_h_gain=ones(G * H), ln_c_gain=ones(H),
+            ln_c_bias=zeros_h if layer_norm else None,
         )
 
     def init_carry(params, batch_shape=()):
@@ -182,11 +210,19 @@ def lstm(
     def project(params, xs):
         _checks.params_of(params, LSTMParams, "w_h", G * H)
         _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
+        if layer_norm:
+            return layer_norm_fn(xs @ params.w_x, params.ln_x_gain) + params.b
         return xs @ params.w_x + params.b
+
+    def clip(z):
+        return z if derivative_clip is None else clip_gradient(z, derivative_clip)
 
     def recur_impl(params, carry, px, with_gates):
         c_prev = carry.cell
-        pre = split_blocks(px + carry.hidden @ params.w_h, names)
+        rec = carry.hidden @ params.w_h
+        if layer_norm:
+            rec = layer_norm_fn(rec, params.ln_h_gain)
+        pre = split_blocks(px + rec, names)
         if full_gate_recurrence:
             rec = split_blocks(carry.gates @ params.w_gates, sigmoid_names)
             for n in sigmoid_names:
@@ -194,7 +230,7 @@ def lstm(
 
         def gate(name, peep, c):
             z = pre[name]
-            return jax.nn.sigmoid(z if peep is None else z + peep * c)
+            return jax.nn.sigmoid(clip(z if peep is None else z + peep * c))
 
         f = gate("forget", params.peephole_f, c_prev) if forget_gate else None
         if coupled:
@@ -203,10 +239,11 @@ def lstm(
             i = gate("input", params.peephole_i, c_prev)
         else:
             i = None
-        g = act_in(pre["candidate"])
+        g = act_in(clip(pre["candidate"]))
         c = (c_prev if f is None else f * c_prev) + (g if i is None else i * g)
         o = gate("output", params.peephole_o, c) if output_gate else None
-        m = act_out(c) if o is None else o * act_out(c)
+        c_out = layer_norm_fn(c, params.ln_c_gain, params.ln_c_bias) if layer_norm else c
+        m = act_out(c_out) if o is None else o * act_out(c_out)
         h = m if params.w_proj is None else m @ params.w_proj
         acts = {"input": i, "forget": f, "candidate": g, "output": o}
         new_gates = (jnp.concatenate([acts[n] for n in sigmoid_names], axis=-1)

@@ -71,6 +71,7 @@ _LSTM_FIXED = (
     ("input_activation", "tanh", "input activations other than tanh"),
     ("output_activation", "tanh", "output activations other than tanh"),
     ("full_gate_recurrence", False, "full gate recurrence"),
+    ("layer_norm", False, "layer normalisation"),
 )
 
 
