@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python experiments/long_lag_demo.py $(ARGS)
+	$(BIN)/python experiments/long_term_deps.py $(ARGS)
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 -q $(ARGS)

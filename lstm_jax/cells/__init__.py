@@ -3,9 +3,10 @@
 from lstm_jax.cells.gru import GRUParams, GRUState, gru
 from lstm_jax.cells.lstm import GREFF_VARIANTS, LSTMParams, LSTMState, greff_variant, lstm
 from lstm_jax.cells.mut import MUTParams, mut1, mut2, mut3
+from lstm_jax.cells.registry import CELL_CONSTRUCTORS, cell_by_name
 from lstm_jax.cells.rnn import RNNParams, RNNState, rnn
 
 __all__ = [
-    "GREFF_VARIANTS", "GRUParams", "GRUState", "LSTMParams", "LSTMState", "MUTParams",
-    "RNNParams", "RNNState", "greff_variant", "gru", "lstm", "mut1", "mut2", "mut3", "rnn",
+    "CELL_CONSTRUCTORS", "GREFF_VARIANTS", "GRUParams", "GRUState", "LSTMParams", "LSTMState", "MUTParams",
+    "RNNParams", "RNNState", "cell_by_name", "greff_variant", "gru", "lstm", "mut1", "mut2", "mut3", "rnn",
 ]

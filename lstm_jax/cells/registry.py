@@ -1,0 +1,46 @@
+"""Cells by name, for experiment scripts and configuration files."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from lstm_jax.cell import Cell
+from lstm_jax.cells.gru import gru
+from lstm_jax.cells.lstm import GREFF_VARIANTS, greff_variant, lstm
+from lstm_jax.cells.mut import mut1, mut2, mut3
+from lstm_jax.cells.rnn import rnn
+
+# name -> constructor(hidden_size, **options). Greff et al.'s variants are "lstm_<variant>"
+# (e.g. "lstm_CIFG"); "rnn_relu" is the ReLU Elman RNN.
+CELL_CONSTRUCTORS: dict[str, Callable[..., Cell]] = {
+    "rnn": rnn,
+    "rnn_relu": functools.partial(rnn, activation="relu"),
+    "lstm": lstm,
+    "gru": gru,
+    "mut1": mut1,
+    "mut2": mut2,
+    "mut3": mut3,
+    **{f"lstm_{v}": functools.partial(greff_variant, v) for v in GREFF_VARIANTS},
+}
+
+
+def cell_by_name(name: str, hidden_size: int, **options: Any) -> Cell:
+    """The cell called ``name`` (a key of :data:`CELL_CONSTRUCTORS`) with ``hidden_size``.
+
+    Args:
+      name: e.g. ``"lstm"``, ``"gru"``, ``"rnn"``, ``"lstm_CIFG"``.
+      hidden_size: ``H``.
+      **options: further constructor keywords (e.g. ``derivative_clip`` for LSTMs).
+
+    Raises:
+      ValueError: an unknown name, or an option the cell does not take.
+    """
+    if name not in CELL_CONSTRUCTORS:
+        raise ValueError(f"unknown cell name {name!r}; choose from {sorted(CELL_CONSTRUCTORS)}.")
+    try:
+        return CELL_CONSTRUCTORS[name](hidden_size, **options)
+    except TypeError as e:
+        if "unexpected keyword" not in str(e):
+            raise
+        raise ValueError(f"cell {name!r} does not take the option(s) {sorted(options)}: {e}") from None
