@@ -160,7 +160,7 @@ def fit(
 
 
 def _run(update, params, opt_state, start, config, eval_fn, log, checkpointer, progress, description):
-    from tqdm.auto import tqdm  # quiet (disable=None) when stderr is not a terminal
+    from tqdm import tqdm  # quiet (disable=None) when stderr is not a terminal
 
     history: list[dict] = []
     window: list[Mapping[str, Array]] = []
