@@ -12,6 +12,8 @@ from lstm_jax import initializers
 from lstm_jax.cell import Cell
 from lstm_jax.cells import (
     GREFF_VARIANTS,
+    ClockworkParams,
+    ClockworkState,
     GRUParams,
     GRUState,
     LSTMParams,
@@ -19,6 +21,8 @@ from lstm_jax.cells import (
     MUTParams,
     RNNParams,
     RNNState,
+    cell_by_name,
+    clockwork,
     greff_variant,
     gru,
     lstm,
@@ -27,6 +31,7 @@ from lstm_jax.cells import (
     mut3,
     rnn,
 )
+from lstm_jax.depth_gated import DepthGatedLSTMParams, depth_gated_lstm, depth_gated_lstm_cell
 from lstm_jax.layers import (
     BidirectionalCarry,
     BidirectionalParams,
@@ -40,8 +45,9 @@ from lstm_jax.unroll import UnrollAux, reverse_within_lengths, unroll
 __version__ = "0.1.0"
 
 __all__ = [
-    "BidirectionalCarry", "BidirectionalParams", "Cell", "GREFF_VARIANTS", "GRUParams", "GRUState",
+    "BidirectionalCarry", "BidirectionalParams", "Cell", "ClockworkParams", "ClockworkState",
+    "DepthGatedLSTMParams", "GREFF_VARIANTS", "GRUParams", "GRUState",
     "LSTMParams", "LSTMState", "Layer", "MUTParams", "RNNParams", "RNNState", "UnrollAux",
-    "bidirectional", "greff_variant", "gru", "initializers", "layer", "lstm", "mut1", "mut2",
+    "bidirectional", "cell_by_name", "clockwork", "depth_gated_lstm", "depth_gated_lstm_cell", "greff_variant", "gru", "initializers", "layer", "lstm", "mut1", "mut2",
     "mut3", "reverse_within_lengths", "rnn", "stack", "unroll",
 ]
