@@ -32,6 +32,17 @@ from lstm_jax.cells import (
     rnn,
 )
 from lstm_jax.depth_gated import DepthGatedLSTMParams, depth_gated_lstm, depth_gated_lstm_cell
+from lstm_jax.grid import (
+    GridLSTMInput,
+    GridLSTMParams,
+    GridLSTMState,
+    GridLSTMTransform,
+    GridTransfer,
+    grid_block,
+    grid_lstm,
+    grid_lstm_cell,
+    init_grid_block,
+)
 from lstm_jax.layers import (
     BidirectionalCarry,
     BidirectionalParams,
@@ -46,8 +57,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BidirectionalCarry", "BidirectionalParams", "Cell", "ClockworkParams", "ClockworkState",
-    "DepthGatedLSTMParams", "GREFF_VARIANTS", "GRUParams", "GRUState",
+    "DepthGatedLSTMParams", "GREFF_VARIANTS", "GridLSTMInput", "GridLSTMParams", "GridLSTMState",
+    "GridLSTMTransform", "GridTransfer", "GRUParams", "GRUState",
     "LSTMParams", "LSTMState", "Layer", "MUTParams", "RNNParams", "RNNState", "UnrollAux",
-    "bidirectional", "cell_by_name", "clockwork", "depth_gated_lstm", "depth_gated_lstm_cell", "greff_variant", "gru", "initializers", "layer", "lstm", "mut1", "mut2",
+    "bidirectional", "cell_by_name", "clockwork", "depth_gated_lstm", "depth_gated_lstm_cell", "greff_variant",
+    "grid_block", "grid_lstm", "grid_lstm_cell", "init_grid_block", "gru", "initializers", "layer", "lstm", "mut1", "mut2",
     "mut3", "reverse_within_lengths", "rnn", "stack", "unroll",
 ]
