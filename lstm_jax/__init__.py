@@ -9,6 +9,22 @@ Quick start::
 """
 
 from lstm_jax import initializers
+from lstm_jax.attention import (
+    AdditiveParams,
+    Attention,
+    AttentionDecoder,
+    AttentionDecoderParams,
+    AttentionDecoderState,
+    AttentionMemory,
+    MultiplicativeParams,
+    Seq2Seq,
+    Seq2SeqParams,
+    additive_attention,
+    attention_decoder,
+    masked_softmax,
+    multiplicative_attention,
+    seq2seq,
+)
 from lstm_jax.cell import Cell
 from lstm_jax.cells import (
     GREFF_VARIANTS,
@@ -56,6 +72,9 @@ from lstm_jax.unroll import UnrollAux, reverse_within_lengths, unroll
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdditiveParams", "Attention", "AttentionDecoder", "AttentionDecoderParams", "AttentionDecoderState",
+    "AttentionMemory", "MultiplicativeParams", "Seq2Seq", "Seq2SeqParams", "additive_attention",
+    "attention_decoder", "masked_softmax", "multiplicative_attention", "seq2seq",
     "BidirectionalCarry", "BidirectionalParams", "Cell", "ClockworkParams", "ClockworkState",
     "DepthGatedLSTMParams", "GREFF_VARIANTS", "GridLSTMInput", "GridLSTMParams", "GridLSTMState",
     "GridLSTMTransform", "GridTransfer", "GRUParams", "GRUState",
