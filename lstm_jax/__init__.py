@@ -33,7 +33,11 @@ from lstm_jax.cells import (
     GRUParams,
     GRUState,
     LSTMParams,
+    LinearRecurrentCell,
     LSTMState,
+    MinGRUParams,
+    MinimalState,
+    MinLSTMParams,
     MUTParams,
     RNNParams,
     RNNState,
@@ -42,6 +46,8 @@ from lstm_jax.cells import (
     greff_variant,
     gru,
     lstm,
+    min_gru,
+    min_lstm,
     mut1,
     mut2,
     mut3,
@@ -67,11 +73,14 @@ from lstm_jax.layers import (
     layer,
     stack,
 )
+from lstm_jax.parallel import has_parallel_form, linear_scan, parallel_layer, parallel_unroll
 from lstm_jax.unroll import UnrollAux, reverse_within_lengths, unroll
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LinearRecurrentCell", "MinGRUParams", "MinLSTMParams", "MinimalState", "has_parallel_form",
+    "linear_scan", "min_gru", "min_lstm", "parallel_layer", "parallel_unroll",
     "AdditiveParams", "Attention", "AttentionDecoder", "AttentionDecoderParams", "AttentionDecoderState",
     "AttentionMemory", "MultiplicativeParams", "Seq2Seq", "Seq2SeqParams", "additive_attention",
     "attention_decoder", "masked_softmax", "multiplicative_attention", "seq2seq",

@@ -3,11 +3,12 @@
 from lstm_jax.cells.clockwork import ClockworkParams, ClockworkState, clockwork, clockwork_mask, exponential_periods
 from lstm_jax.cells.gru import GRUParams, GRUState, gru
 from lstm_jax.cells.lstm import GREFF_VARIANTS, LSTMParams, LSTMState, greff_variant, lstm
+from lstm_jax.cells.minimal import LinearRecurrentCell, MinGRUParams, MinimalState, MinLSTMParams, min_gru, min_lstm
 from lstm_jax.cells.mut import MUTParams, mut1, mut2, mut3
 from lstm_jax.cells.registry import CELL_CONSTRUCTORS, cell_by_name
 from lstm_jax.cells.rnn import RNNParams, RNNState, rnn
 
 __all__ = [
-    "CELL_CONSTRUCTORS", "ClockworkParams", "ClockworkState", "GREFF_VARIANTS", "GRUParams", "GRUState", "LSTMParams", "LSTMState", "MUTParams",
-    "RNNParams", "RNNState", "cell_by_name", "clockwork", "clockwork_mask", "exponential_periods", "greff_variant", "gru", "lstm", "mut1", "mut2", "mut3", "rnn",
+    "CELL_CONSTRUCTORS", "ClockworkParams", "ClockworkState", "GREFF_VARIANTS", "GRUParams", "GRUState", "LSTMParams", "LSTMState", "LinearRecurrentCell", "MinGRUParams", "MinLSTMParams", "MinimalState", "MUTParams",
+    "RNNParams", "RNNState", "cell_by_name", "clockwork", "clockwork_mask", "exponential_periods", "greff_variant", "gru", "lstm", "min_gru", "min_lstm", "mut1", "mut2", "mut3", "rnn",
 ]

@@ -9,6 +9,7 @@ from lstm_jax.cell import Cell
 from lstm_jax.cells.clockwork import clockwork
 from lstm_jax.cells.gru import gru
 from lstm_jax.cells.lstm import GREFF_VARIANTS, greff_variant, lstm
+from lstm_jax.cells.minimal import min_gru, min_lstm
 from lstm_jax.cells.mut import mut1, mut2, mut3
 from lstm_jax.cells.rnn import rnn
 
@@ -22,6 +23,8 @@ CELL_CONSTRUCTORS: dict[str, Callable[..., Cell]] = {
     "mut1": mut1,
     "mut2": mut2,
     "mut3": mut3,
+    "min_gru": min_gru,
+    "min_lstm": min_lstm,
     "clockwork": functools.partial(clockwork, num_modules=4),  # periods 1, 2, 4, 8
     **{f"lstm_{v}": functools.partial(greff_variant, v) for v in GREFF_VARIANTS},
 }
