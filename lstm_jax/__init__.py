@@ -38,9 +38,13 @@ from lstm_jax.cells import (
     MinGRUParams,
     MinimalState,
     MinLSTMParams,
+    MLSTMParams,
+    MLSTMState,
     MUTParams,
     RNNParams,
     RNNState,
+    SLSTMParams,
+    SLSTMState,
     cell_by_name,
     clockwork,
     greff_variant,
@@ -48,10 +52,13 @@ from lstm_jax.cells import (
     lstm,
     min_gru,
     min_lstm,
+    mlstm,
+    mlstm_parallel,
     mut1,
     mut2,
     mut3,
     rnn,
+    slstm,
 )
 from lstm_jax.depth_gated import DepthGatedLSTMParams, depth_gated_lstm, depth_gated_lstm_cell
 from lstm_jax.grid import (
@@ -81,6 +88,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LinearRecurrentCell", "MinGRUParams", "MinLSTMParams", "MinimalState", "has_parallel_form",
     "linear_scan", "min_gru", "min_lstm", "parallel_layer", "parallel_unroll",
+    "MLSTMParams", "MLSTMState", "SLSTMParams", "SLSTMState", "mlstm", "mlstm_parallel", "slstm",
     "AdditiveParams", "Attention", "AttentionDecoder", "AttentionDecoderParams", "AttentionDecoderState",
     "AttentionMemory", "MultiplicativeParams", "Seq2Seq", "Seq2SeqParams", "additive_attention",
     "attention_decoder", "masked_softmax", "multiplicative_attention", "seq2seq",

@@ -12,6 +12,7 @@ from lstm_jax.cells.lstm import GREFF_VARIANTS, greff_variant, lstm
 from lstm_jax.cells.minimal import min_gru, min_lstm
 from lstm_jax.cells.mut import mut1, mut2, mut3
 from lstm_jax.cells.rnn import rnn
+from lstm_jax.cells.xlstm import mlstm, slstm
 
 # name -> constructor(hidden_size, **options). Greff et al.'s variants are "lstm_<variant>"
 # (e.g. "lstm_CIFG"); "rnn_relu" is the ReLU Elman RNN.
@@ -25,6 +26,8 @@ CELL_CONSTRUCTORS: dict[str, Callable[..., Cell]] = {
     "mut3": mut3,
     "min_gru": min_gru,
     "min_lstm": min_lstm,
+    "slstm": slstm,
+    "mlstm": mlstm,
     "clockwork": functools.partial(clockwork, num_modules=4),  # periods 1, 2, 4, 8
     **{f"lstm_{v}": functools.partial(greff_variant, v) for v in GREFF_VARIANTS},
 }
