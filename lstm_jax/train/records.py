@@ -38,6 +38,7 @@ def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)

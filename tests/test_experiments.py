@@ -1,0 +1,56 @@
+"""The flagship experiment script end to end at toy size: results, table, plot, resume, and
+the messages for bad flags."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).parent.parent / "experiments" / "long_term_deps.py"
+spec = importlib.util.spec_from_file_location("long_term_deps", SCRIPT)
+long_term_deps = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(long_term_deps)
+
+TINY = ["--lengths", "12", "--steps", "20", "--hidden", "8", "--batch", "8", "--test-size", "16",
+        "--checkpoint-every", "10"]
+
+
+def test_sweep_writes_results_table_and_plot_and_resumes(tmp_path):
+    args = TINY + ["--tasks", "adding,temporal_order_6a", "--models", "gru", "--out", str(tmp_path)]
+    rows = long_term_deps.main(args)
+    assert [(r["task"], r["model"]) for r in rows] == [("adding", "gru"), ("temporal_order_6a", "gru")]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["results"][0]["metric"] == rows[0]["metric"] and saved["meta"]["args"]["steps"] == 20
+    assert rows[0]["baseline"] == pytest.approx(1 / 6) and rows[1]["baseline"] == 0.75
+    assert all(r["steps"] == 20 and r["seconds"] > 0 and isinstance(r["solved"], bool) for r in rows)
+    table = (tmp_path / "results.md").read_text()
+    assert table.startswith("| task | T | model |") and table.count("\n") == 2 + len(rows)
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["adding_T12_gru", "temporal_order_6a_T12_gru"]
+
+    again = long_term_deps.main(args + ["--resume"])  # every run is complete: nothing retrains
+    assert [r["resumed_from"] for r in again] == [20] * 2
+    assert [r["metric"] for r in again] == [r["metric"] for r in rows]
+    with pytest.raises(ValueError, match="already holds a run"):
+        long_term_deps.main(args)  # without --resume, finished runs are not overwritten
+    with pytest.raises(ValueError, match="different configuration \\(hidden: 8 there, 16 now\\)"):
+        long_term_deps.main(args + ["--resume", "--hidden", "16"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--models", "rnn,lstmm"], "--models: unknown ['lstmm']; choose from"),
+    (["--tasks", "addition"], "--tasks: unknown ['addition']; choose from"),
+    (["--hidden", "-4"], "--hidden must be positive, got -4"),
+    (["--lengths", "50,abc"], "--lengths must be comma-separated integers, got '50,abc'"),
+    (["--lengths", "0"], "--lengths must be positive, got [0]"),
+])
+def test_bad_flags_are_refused_with_a_message(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        long_term_deps.parse_args(flags)
+    assert message in capsys.readouterr().err
+
+
+def test_batch_not_divisible_by_devices_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"`num_devices` must lie in \[1, 1\]"):
+        long_term_deps.main(TINY + ["--models", "lstm", "--num-devices", "2", "--out", str(tmp_path)])
