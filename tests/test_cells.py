@@ -362,6 +362,7 @@ _LSTM_SHAPES = {  # name: (G, S, peepholes present (i, f, o), O)
     "greff_NOG": (3, 2, (1, 1, 0), H), "lstm_fgr": (4, 3, (0, 0, 0), H),
     "lstm_fgr_coupled": (3, 2, (0, 0, 0), H), "greff_FGR": (4, 3, (1, 1, 1), H),
     "lstm_proj": (4, 3, (0, 0, 0), P), "lstm_proj_peephole_fgr": (4, 3, (1, 1, 1), P),
+    "lstm_layer_norm_peephole_cifg": (3, 2, (0, 1, 1), H),
 }
 
 
@@ -372,9 +373,11 @@ def test_lstm_init_shapes(name):
     fgr, proj = cell.options["full_gate_recurrence"], cell.options["proj_size"]
     params = cell.init(jax.random.key(0), I, dtype=F64)
     peep = lambda on: (H,) if on else None
+    ln = lambda n: (n,) if cell.options["layer_norm"] else None
     assert _shapes(params) == dict(
         w_x=(I, G * H), w_h=(O, G * H), b=(G * H,), peephole_i=peep(pi), peephole_f=peep(pf),
-        peephole_o=peep(po), w_gates=(S * H, S * H) if fgr else None, w_proj=(H, P) if proj else None)
+        peephole_o=peep(po), w_gates=(S * H, S * H) if fgr else None, w_proj=(H, P) if proj else None,
+        ln_x_gain=ln(G * H), ln_h_gain=ln(G * H), ln_c_gain=ln(H), ln_c_bias=ln(H))
     assert _shapes(cell.init_carry(params, (3,))) == dict(hidden=(3, O), cell=(3, H),
                                                           gates=(3, S * H) if fgr else None)
     assert cell.output_size == O and cell.hidden_size == H

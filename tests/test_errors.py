@@ -166,7 +166,7 @@ CASES = [
     case("stack_params_length", lambda: TWO.apply(TWO_PARAMS[:1], XS), ValueError,
          "`params` must be a tuple of 2 per-layer parameters (one per stacked layer), got a tuple of length 1."),
     case("stack_params_of_one_layer", lambda: TWO.apply(PARAMS, XS), ValueError,
-         "`params` must be a tuple of 2 per-layer parameters", "got a LSTMParams of length 8."),
+         "`params` must be a tuple of 2 per-layer parameters", "got a LSTMParams of length 12."),
     case("stack_params_not_a_tuple", lambda: TWO.apply({"a": 1}, XS), ValueError,
          "`params` must be a tuple of 2 per-layer parameters", "got dict."),
     case("stack_init_carry_params", lambda: TWO.init_carry(TWO_PARAMS[:1], (B,)), ValueError,
