@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from lstm_jax.cell import Cell
 from lstm_jax.layers import Layer
-from lstm_jax.unroll import _check_carry, _check_lengths, reverse_within_lengths
+from lstm_jax.unroll import prepare_sequence, reverse_within_lengths
 
 Array = jax.Array
 
@@ -166,25 +166,8 @@ def parallel_unroll(
       ValueError: the same shape errors as :func:`lstm_jax.unroll`.
     """
     _require_parallel_form(cell)
-    xs_shape = tuple(jnp.shape(xs))
-    layout = "[T, ..., I]" if time_major else "[..., T, I]"
-    if len(xs_shape) < 2:
-        raise ValueError(f"`xs` must have shape {layout} (at least 2 axes), got shape {xs_shape}.")
-    if time_major:
-        T, batch_shape, xs_tm = xs_shape[0], xs_shape[1:-1], xs
-    else:
-        jax.eval_shape(cell.project, params, xs)  # checks xs in the caller's layout (shapes only)
-        T, batch_shape, xs_tm = xs_shape[-2], xs_shape[:-2], jnp.moveaxis(xs, -2, 0)
-
-    if carry is None:
-        carry = cell.init_carry(params, batch_shape)
-    else:
-        _check_carry(cell, params, carry, batch_shape)
+    T, xs_tm, carry, lengths = prepare_sequence(cell, params, xs, carry, lengths, reverse, time_major)
     (h0,), carry_tree = jax.tree_util.tree_flatten(carry)
-    if lengths is not None:
-        lengths = _check_lengths(lengths, batch_shape, T)
-        if reverse:
-            xs_tm = reverse_within_lengths(xs_tm, lengths)
 
     px = cell.project(params, xs_tm)  # [T, ..., *] all steps in one matmul
     log_a, b = cell.linear_recurrence(params, px)  # [T, ..., H] each

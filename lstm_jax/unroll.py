@@ -72,6 +72,38 @@ def _check_lengths(lengths, batch_shape, T) -> Array:
     return jnp.asarray(lengths)
 
 
+def prepare_sequence(cell: Cell, params, xs, carry, lengths, reverse: bool, time_major: bool):
+    """Checks a sequence call's arguments and puts ``xs`` time-major.
+
+    Shared by every evaluator of a cell over a sequence (:func:`unroll`,
+    :func:`lstm_jax.parallel_unroll`) so that they accept and refuse the same things.
+
+    Returns:
+      ``(T, xs_tm [T, ..., I], carry, lengths)``: the carry is zeros when None was given;
+      ``lengths`` is a checked array or None; with ``reverse`` and ``lengths``, ``xs_tm``
+      is already reversed within each sequence's length.
+    """
+    xs_shape = tuple(jnp.shape(xs))
+    layout = "[T, ..., I]" if time_major else "[..., T, I]"
+    if len(xs_shape) < 2:
+        raise ValueError(f"`xs` must have shape {layout} (at least 2 axes), got shape {xs_shape}.")
+    if time_major:
+        T, batch_shape, xs_tm = xs_shape[0], xs_shape[1:-1], xs
+    else:
+        jax.eval_shape(cell.project, params, xs)  # checks xs in the caller's layout (shapes only)
+        T, batch_shape, xs_tm = xs_shape[-2], xs_shape[:-2], jnp.moveaxis(xs, -2, 0)
+
+    if carry is None:
+        carry = cell.init_carry(params, batch_shape)
+    else:
+        _check_carry(cell, params, carry, batch_shape)
+    if lengths is not None:
+        lengths = _check_lengths(lengths, batch_shape, T)
+        if reverse:
+            xs_tm = reverse_within_lengths(xs_tm, lengths)
+    return T, xs_tm, carry, lengths
+
+
 def unroll(
     cell: Cell,
     params: Any,
@@ -119,25 +151,7 @@ def unroll(
         of the wrong shape; ``lengths`` outside ``[0, T]``.
       TypeError: ``xs``/``carry`` dtype differs from the parameters'; non-integer ``lengths``.
     """
-    xs_shape = tuple(jnp.shape(xs))
-    layout = "[T, ..., I]" if time_major else "[..., T, I]"
-    if len(xs_shape) < 2:
-        raise ValueError(f"`xs` must have shape {layout} (at least 2 axes), got shape {xs_shape}.")
-    if time_major:
-        T, batch_shape, xs_tm = xs_shape[0], xs_shape[1:-1], xs
-    else:
-        jax.eval_shape(cell.project, params, xs)  # checks xs in the caller's layout (shapes only)
-        T, batch_shape, xs_tm = xs_shape[-2], xs_shape[:-2], jnp.moveaxis(xs, -2, 0)
-
-    if carry is None:
-        carry = cell.init_carry(params, batch_shape)
-    else:
-        _check_carry(cell, params, carry, batch_shape)
-    if lengths is not None:
-        lengths = _check_lengths(lengths, batch_shape, T)
-        if reverse:
-            xs_tm = reverse_within_lengths(xs_tm, lengths)
-
+    T, xs_tm, carry, lengths = prepare_sequence(cell, params, xs, carry, lengths, reverse, time_major)
     px = cell.project(params, xs_tm)  # [T, ..., *] all steps in one matmul
     recur = cell.recur_with_gates if return_gates else cell.recur
     ts = jnp.arange(T, dtype=lengths.dtype if lengths is not None else jnp.int32)
