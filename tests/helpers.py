@@ -2,7 +2,9 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def assert_trees_close(actual, expected, *, rtol=1e-12, atol=1e-12, same_dtype=False):
@@ -12,3 +14,46 @@ def assert_trees_close(actual, expected, *, rtol=1e-12, atol=1e-12, same_dtype=F
         chex.assert_trees_all_equal_dtypes(actual, expected)
     as_f64 = lambda t: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), t)
     chex.assert_trees_all_close(as_f64(actual), as_f64(expected), rtol=rtol, atol=atol)
+
+
+def normal(rng, shape, dtype=jnp.float64):
+    """N(0, 1) drawn by NumPy (no per-shape XLA compiles for random numbers)."""
+    return jnp.asarray(rng.standard_normal(shape), dtype)
+
+
+def perturb(tree, rng, scale=0.5):
+    """Adds scale * N(0, 1) to every leaf, so zero-initialised peepholes, biases etc. matter."""
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a) + scale * rng.standard_normal(a.shape), a.dtype), tree)
+
+
+# ------------------------------------------------------------------------------ training runs
+
+def delayed_recall(key, batch, T, I, lag, dtype):
+    """The delayed-recall task of tests/test_training.py: x ~ N(0, 1) of shape [batch, T, I];
+    the target at step t is x[t - lag, 0] (zero for t < lag), shape [batch, T, 1]."""
+    xs = jax.random.normal(key, (batch, T, I), dtype)
+    return xs, jnp.pad(xs[:, :-lag, :1], ((0, 0), (lag, 0), (0, 0)))
+
+
+def mse_loss(model):
+    """``(params, xs, ys) -> mean((model.apply(params, xs) - ys) ** 2)``."""
+    return lambda params, xs, ys: jnp.mean((model.apply(params, xs) - ys) ** 2)
+
+
+def train_with_optax(model, params, data_fn, *, steps, batch=32, lr=1e-2, clip=1.0, seed=1):
+    """``steps`` Adam updates (global-norm clipped at ``clip``) of ``mse_loss(model)``, each on
+    a fresh ``data_fn(key, batch) -> (xs, ys)`` with the keys split from ``key(seed)``; one
+    jitted ``lax.scan``. Returns (trained params, the per-step training losses [steps])."""
+    loss_fn = mse_loss(model)
+    opt = optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr))
+
+    def update(carry, key):
+        params, opt_state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(params, *data_fn(key, batch))
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    keys = jax.random.split(jax.random.key(seed), steps)
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
+        (params, _), losses = jax.jit(lambda c: jax.lax.scan(update, c, keys))((params, opt.init(params)))
+    return params, losses

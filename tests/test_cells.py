@@ -149,14 +149,7 @@ def run_reference(cell, params, xs, carry=None):
 # ------------------------------------------------------------------------------------ helpers
 
 assert_tree_close = helpers.assert_trees_close
-def normal(rng, shape, dtype=F64):
-    """N(0, 1) drawn by NumPy (no per-shape XLA compiles for random numbers)."""
-    return jnp.asarray(rng.standard_normal(shape), dtype)
-
-
-def perturb(tree, rng, scale=0.5):
-    """Adds scale * N(0, 1) to every leaf, so zero-initialised peepholes, biases etc. matter."""
-    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a) + scale * rng.standard_normal(a.shape), a.dtype), tree)
+normal, perturb = helpers.normal, helpers.perturb  # N(0, 1) arrays; add scale * N(0, 1) to every leaf
 
 
 def random_carry(cell, params, rng, batch_shape):

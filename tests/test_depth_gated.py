@@ -23,7 +23,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.test_util import check_grads
 
@@ -447,24 +446,8 @@ def test_learns_delayed_recall():
     baseline = (Tt - LAG) / Tt
     model = readout(depth_gated_lstm(8, 2), 1, at="every")
     params = jax.jit(model.init, static_argnums=1, static_argnames="dtype")(jax.random.key(0), It, dtype=F32)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
-
-    def data(key, batch):
-        xs = jax.random.normal(key, (batch, Tt, It), F32)
-        return xs, jnp.pad(xs[:, :-LAG, :1], ((0, 0), (LAG, 0), (0, 0)))
-
-    def loss_fn(p, xs, ys):
-        return jnp.mean((model.apply(p, xs) - ys) ** 2)
-
-    def update(carry, key):
-        p, s = carry
-        loss, g = jax.value_and_grad(loss_fn)(p, *data(key, Bt))
-        u, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, u), s), loss
-
-    keys = jax.random.split(jax.random.key(1), STEPS)
-    with jax.numpy_dtype_promotion("standard"):
-        (params, _), losses = jax.jit(lambda c: jax.lax.scan(update, c, keys))((params, opt.init(params)))
-    test_loss = float(loss_fn(params, *data(jax.random.key(2), 256)))
+    data = functools.partial(helpers.delayed_recall, T=Tt, I=It, lag=LAG, dtype=F32)
+    params, losses = helpers.train_with_optax(model, params, data, steps=STEPS, batch=Bt)
+    test_loss = float(helpers.mse_loss(model)(params, *data(jax.random.key(2), 256)))
     assert float(losses[0]) > 0.5 * baseline
     assert test_loss < 0.1 * baseline, f"held-out MSE {test_loss:.3f} not below {0.1 * baseline:.3f}"

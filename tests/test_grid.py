@@ -28,7 +28,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.test_util import check_grads
 
@@ -52,8 +51,7 @@ def perturb(tree, rng, scale=0.5):
                                               a.dtype), tree)
 
 
-def normal(rng, shape, dtype=F64):
-    return jnp.asarray(rng.standard_normal(shape), dtype)
+normal = helpers.normal  # N(0, 1) drawn by NumPy, at float64 unless told
 
 
 def cast(tree, dtype):
@@ -541,25 +539,12 @@ def test_grid_lstm_learns_delayed_recall():
     Bt, Tt, It, Ht, LAG, STEPS = 32, 12, 8, 8, 2, 300  # compile-bound: steps are cheap
     baseline = (Tt - LAG) / Tt
 
-    def data(key, batch):
-        xs = jax.random.normal(key, (batch, Tt, It), F32)
-        return xs, jnp.pad(xs[:, :-LAG, :1], ((0, 0), (LAG, 0), (0, 0)))
+    data = functools.partial(helpers.delayed_recall, T=Tt, I=It, lag=LAG, dtype=F32)
 
     model = readout(grid_lstm(Ht, 2), 1, at="every")
     params = model.init(jax.random.key(0), It, dtype=F32)
     assert isinstance(params.body, GridLSTMParams)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
-    loss_fn = lambda p, xs, ys: jnp.mean((model.apply(p, xs) - ys) ** 2)
-
-    def update(carry, key):
-        p, s = carry
-        loss, grads = jax.value_and_grad(loss_fn)(p, *data(key, Bt))
-        updates, s = opt.update(grads, s, p)
-        return (optax.apply_updates(p, updates), s), loss
-
-    keys = jax.random.split(jax.random.key(1), STEPS)
-    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
-        (params, _), losses = jax.jit(lambda c: jax.lax.scan(update, c, keys))((params, opt.init(params)))
-    test_loss = float(loss_fn(params, *data(jax.random.key(2), 256)))
+    params, losses = helpers.train_with_optax(model, params, data, steps=STEPS, batch=Bt)
+    test_loss = float(helpers.mse_loss(model)(params, *data(jax.random.key(2), 256)))
     assert float(losses[0]) > 0.5 * baseline
     assert test_loss < 0.1 * baseline, f"held-out MSE {test_loss:.3f} not below {0.1 * baseline:.3f}"

@@ -30,7 +30,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.test_util import check_grads
 
@@ -529,20 +528,7 @@ def latest_flagged(key, batch):
 def test_learns_latest_flagged_value_in_parallel_mode(name):
     model = readout(parallel_layer(CELLS[name]()), 1, at="every")
     params = model.init(jax.random.key(0), TR_I, dtype=F32)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-2))
-
-    def loss_fn(params, xs, ys):
-        return jnp.mean((model.apply(params, xs) - ys) ** 2)
-
-    def update(carry, key):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, *latest_flagged(key, TR_B))
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    keys = jax.random.split(jax.random.key(1), TR_STEPS)
-    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
-        (params, _), losses = jax.jit(lambda c: jax.lax.scan(update, c, keys))((params, opt.init(params)))
-    test_loss = float(jax.jit(loss_fn)(params, *latest_flagged(jax.random.key(2), 512)))
+    params, losses = helpers.train_with_optax(model, params, latest_flagged, steps=TR_STEPS, batch=TR_B, lr=3e-2)
+    test_loss = float(jax.jit(helpers.mse_loss(model))(params, *latest_flagged(jax.random.key(2), 512)))
     assert float(losses[0]) > 0.5 * TR_BASELINE  # it starts out knowing nothing
     assert test_loss < TR_BOUND, f"{name}: held-out MSE {test_loss:.4f} not below {TR_BOUND:.4f}"

@@ -6,11 +6,13 @@ t < LAG). A model without memory can do no better than predicting 0, an MSE of a
 (T - LAG) / T ≈ 0.83; the bound asks for a tenth of that.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
-import optax
 import pytest
 
+import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax.models import readout
 
@@ -32,30 +34,14 @@ CELLS = {
 }
 
 
-def delayed_recall(key, batch):
-    xs = jax.random.normal(key, (batch, T, I), jnp.float32)
-    ys = jnp.pad(xs[:, :-LAG, :1], ((0, 0), (LAG, 0), (0, 0)))  # [B, T, 1]
-    return xs, ys
+delayed_recall = functools.partial(helpers.delayed_recall, T=T, I=I, lag=LAG, dtype=jnp.float32)
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_cell_learns_delayed_recall(name):
     model = readout(CELLS[name](), 1, at="every")
     params = model.init(jax.random.key(0), I, dtype=jnp.float32)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
-
-    def loss_fn(params, xs, ys):
-        return jnp.mean((model.apply(params, xs) - ys) ** 2)
-
-    def update(carry, key):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, *delayed_recall(key, B))
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    keys = jax.random.split(jax.random.key(1), STEPS)
-    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
-        (params, _), losses = jax.jit(lambda c: jax.lax.scan(update, c, keys))((params, opt.init(params)))
-    test_loss = float(loss_fn(params, *delayed_recall(jax.random.key(2), 256)))
+    params, losses = helpers.train_with_optax(model, params, delayed_recall, steps=STEPS, batch=B)
+    test_loss = float(helpers.mse_loss(model)(params, *delayed_recall(jax.random.key(2), 256)))
     assert float(losses[0]) > 0.5 * BASELINE  # it starts out knowing nothing
     assert test_loss < BOUND, f"{name}: held-out MSE {test_loss:.3f} not below {BOUND:.3f}"

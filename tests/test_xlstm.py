@@ -29,7 +29,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.test_util import check_grads
 
@@ -107,12 +106,7 @@ def run_reference(cell, params, xs, carry=None, *, stabilized=True):
 
 # ------------------------------------------------------------------------------------ helpers
 
-def normal(rng, shape, dtype=F64):
-    return jnp.asarray(rng.standard_normal(shape), dtype)
-
-
-def perturb(tree, rng, scale=0.5):
-    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a) + scale * rng.standard_normal(a.shape), a.dtype), tree)
+normal, perturb = helpers.normal, helpers.perturb  # N(0, 1) arrays; add scale * N(0, 1) to every leaf
 
 
 def random_carry(cell, params, rng, batch_shape):
@@ -531,31 +525,19 @@ def _train(cell, task, at, steps):
     """Adam on ``task(key, batch) -> (xs, ys)``; returns (first loss, held-out loss)."""
     model = readout(cell, 1, at=at)
     params = model.init(jax.random.key(0), task.input_size, dtype=F32)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
 
-    def loss_fn(params, xs, ys):
-        return jnp.mean((model.apply(params, xs) - ys) ** 2)
-
-    def update(carry, key):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, *task(key, 32))
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    def train_and_test(params):  # one program: the optimiser scan, then the held-out loss
-        keys = jax.random.split(jax.random.key(1), steps)
-        (params, _), losses = jax.lax.scan(update, (params, opt.init(params)), keys)
-        return losses[0], loss_fn(params, *task(jax.random.key(2), 256))
+    def train_and_test(params):  # one program: the optimiser scan (a nested jit), then the held-out loss
+        params, losses = helpers.train_with_optax(model, params, task, steps=steps, batch=32)
+        return losses[0], helpers.mse_loss(model)(params, *task(jax.random.key(2), 256))
 
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
         first, test = jax.jit(train_and_test)(params)
     return float(first), float(test)
 
 
-def delayed_recall(key, batch, *, steps=12, size=16, lag=2):
-    """x ~ N(0, 1) [B, T, 16]; the target at step t is x[t - 2, 0] (tests/test_training.py)."""
-    xs = jax.random.normal(key, (batch, steps, size), F32)
-    return xs, jnp.pad(xs[:, :-lag, :1], ((0, 0), (lag, 0), (0, 0)))
+def delayed_recall(key, batch):
+    """x ~ N(0, 1) [B, 12, 16]; the target at step t is x[t - 2, 0] (tests/test_training.py)."""
+    return helpers.delayed_recall(key, batch, T=12, I=16, lag=2, dtype=F32)
 
 
 delayed_recall.input_size = 16

@@ -122,7 +122,7 @@ def _order_metrics(preds, batch):
     probs = jax.nn.softmax(preds.astype(jnp.float32), axis=-1)
     onehot = jax.nn.one_hot(batch.targets, preds.shape[-1], dtype=jnp.float32)
     correct = jnp.all(jnp.abs(probs - onehot) < ORDER_TOLERANCE, axis=-1)
-    return {"error_rate": 1.0 - jnp.mean(correct), "cross_entropy": _classification_loss(preds, batch),
+    return {"error_rate": jnp.mean(~correct), "cross_entropy": _classification_loss(preds, batch),
             "accuracy": jnp.mean(preds.argmax(-1).astype(batch.targets.dtype) == batch.targets)}
 
 
