@@ -72,6 +72,25 @@ def _check_lengths(lengths, batch_shape, T) -> Array:
     return jnp.asarray(lengths)
 
 
+def _chunked_scan(cell: Cell, params, body, carry, xs_tm, ts, chunk: int, reverse: bool, unroll):
+    """``lax.scan(body)`` over time as an outer scan over checkpointed chunks of ``chunk`` steps."""
+    T = xs_tm.shape[0]
+    n = -(-T // chunk)
+    pad = n * chunk - T
+    to_chunks = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((n, chunk) + a.shape[1:])
+    ts_pad = jnp.arange(n * chunk, dtype=ts.dtype)
+
+    @jax.checkpoint
+    def run_chunk(carry, inputs):
+        xs_k, ts_k = inputs
+        px_k = cell.project(params, xs_k)  # [chunk, ..., *]: recomputed in the backward pass
+        return jax.lax.scan(body, carry, (px_k, ts_k), reverse=reverse, unroll=unroll)
+
+    carry, outs = jax.lax.scan(run_chunk, carry, (to_chunks(xs_tm), ts_pad.reshape(n, chunk)), reverse=reverse)
+    from_chunks = lambda a: a.reshape((n * chunk,) + a.shape[2:])[:T]
+    return carry, jax.tree_util.tree_map(from_chunks, outs)
+
+
 def prepare_sequence(cell: Cell, params, xs, carry, lengths, reverse: bool, time_major: bool):
     """Checks a sequence call's arguments and puts ``xs`` time-major.
 
@@ -116,6 +135,7 @@ def unroll(
     unroll: int | bool = 1,
     return_carries: bool = False,
     return_gates: bool = False,
+    remat_chunk: int | None = None,
 ):
     """Runs ``cell`` over a sequence with one ``jax.lax.scan``.
 
@@ -140,6 +160,12 @@ def unroll(
       return_carries: also return the carry after every step.
       return_gates: also return per-step gate activations (``cell.recur_with_gates``);
         traced only when asked for, so the default path is unchanged.
+      remat_chunk: if set to ``K``, rematerialise in chunks of ``K`` steps (chunked gradient
+        checkpointing): the time axis is cut into ``ceil(T / K)`` chunks, each chunk's input
+        projection and steps run under ``jax.checkpoint``, and the backward pass keeps only
+        the carries at chunk boundaries, recomputing one chunk at a time. Training memory
+        then grows like ``T / K + K`` steps instead of ``T`` (``K ≈ sqrt(T)`` is the usual
+        choice), for the price of one extra forward pass. Results are identical.
 
     Returns:
       ``(ys, carry)`` where ``ys`` is ``[..., T, O]`` (``[T, ..., O]`` if ``time_major``) and
@@ -152,17 +178,22 @@ def unroll(
       TypeError: ``xs``/``carry`` dtype differs from the parameters'; non-integer ``lengths``.
     """
     T, xs_tm, carry, lengths = prepare_sequence(cell, params, xs, carry, lengths, reverse, time_major)
-    px = cell.project(params, xs_tm)  # [T, ..., *] all steps in one matmul
+    if remat_chunk is not None:
+        remat_chunk = _checks.positive_int("remat_chunk", remat_chunk)
     recur = cell.recur_with_gates if return_gates else cell.recur
     ts = jnp.arange(T, dtype=lengths.dtype if lengths is not None else jnp.int32)
+    # Chunking pads the time axis to a multiple of the chunk; padded steps are masked like
+    # steps past a sequence's length.
+    padded = remat_chunk is not None and T % remat_chunk != 0
+    limit = lengths if lengths is not None else (jnp.asarray(T, jnp.int32) if padded else None)
 
     def body(carry, inputs):
         px_t, t = inputs
         out = recur(params, carry, px_t)
         new_carry, y = out[0], out[1]
         gates = out[2] if return_gates else None
-        if lengths is not None:
-            valid = (t < lengths)[..., None]  # [..., 1]
+        if limit is not None:
+            valid = (t < limit)[..., None]  # [..., 1]
             new_carry = jax.tree_util.tree_map(lambda n, o: jnp.where(valid, n, o), new_carry, carry)
             y = jnp.where(valid, y, jnp.zeros_like(y))
             if gates is not None:
@@ -171,8 +202,13 @@ def unroll(
 
     # With lengths, reversal was done on the inputs; the scan itself runs forwards.
     scan_reverse = reverse and lengths is None
-    carry, (ys, carries, gates) = jax.lax.scan(body, carry, (px, ts), reverse=scan_reverse,
-                                               unroll=unroll)
+    if remat_chunk is None:
+        px = cell.project(params, xs_tm)  # [T, ..., *] all steps in one matmul
+        carry, (ys, carries, gates) = jax.lax.scan(body, carry, (px, ts), reverse=scan_reverse,
+                                                   unroll=unroll)
+    else:
+        carry, (ys, carries, gates) = _chunked_scan(cell, params, body, carry, xs_tm, ts, remat_chunk,
+                                                    scan_reverse, unroll)
 
     def to_layout(a):
         if reverse and lengths is not None:

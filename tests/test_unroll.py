@@ -341,3 +341,35 @@ def test_gates_cost_the_default_path_nothing():
     carry_leaves = 2  # LSTMState(hidden, cell), gates=None
     assert num_outs() == carry_leaves + 1  # the carry and ys, nothing else
     assert num_outs(return_gates=True) == carry_leaves + 1 + len(GATE_KEYS["lstm"])
+
+
+# --------------------------------------------------------------------- rematerialisation
+
+@pytest.mark.parametrize("options", [dict(), dict(reverse=True), dict(lengths=[23, 10, 0, 17]),
+                                     dict(lengths=[23, 10, 0, 17], reverse=True), dict(time_major=True)],
+                         ids=["plain", "reverse", "lengths", "lengths_reverse", "time_major"])
+def test_remat_chunks_change_nothing_but_memory(options):
+    """Chunked checkpointing (chunks that do and do not divide T) gives the same outputs,
+    final carry, per-step carries and gradients as the plain scan."""
+    cell = lj.lstm(5, peephole=True)
+    params = cell.init(jax.random.key(0), 3, dtype=jnp.float64)
+    time_major = options.get("time_major", False)
+    xs = jax.random.normal(jax.random.key(1), (23, 4, 3) if time_major else (4, 23, 3), jnp.float64)
+    if "lengths" in options:
+        options = dict(options, lengths=jnp.asarray(options["lengths"], jnp.int32))
+
+    def run(p, x, chunk):
+        ys, carry, aux = lj.unroll(cell, p, x, remat_chunk=chunk, return_carries=True, **options)
+        return jnp.sum(ys ** 2) + jnp.sum(carry.cell), (ys, carry, aux.carries)
+
+    want = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)(params, xs, None)
+    for chunk in (1, 7, 50):  # many chunks; chunks that do not divide T; one padded chunk
+        got = jax.jit(jax.value_and_grad(run, argnums=(0, 1), has_aux=True), static_argnums=2)(params, xs, chunk)
+        helpers.assert_trees_close(got, want)
+
+
+def test_remat_chunk_must_be_positive():
+    cell = lj.lstm(4)
+    params = cell.init(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match="`remat_chunk` must be a positive int, got 0."):
+        lj.unroll(cell, params, jnp.ones((2, 5, 3), jnp.float32), remat_chunk=0)
