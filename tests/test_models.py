@@ -28,3 +28,12 @@ def test_readout_errors():
         readout(lj.lstm(4), 1, at="first")
     with pytest.raises(TypeError, match="`body`"):
         readout("lstm", 1)
+
+
+def test_every_registered_cell_builds_and_steps():
+    for name, make in lj.cells.CELL_CONSTRUCTORS.items():
+        cell = lj.cell_by_name(name, 8)
+        assert isinstance(cell, lj.Cell), name
+        params = cell.init(jax.random.key(0), 8)  # I == H, as MUT1/MUT2 need
+        ys, _ = lj.unroll(cell, params, jnp.ones((2, 3, 8), jnp.float32))
+        assert ys.shape == (2, 3, cell.output_size), name
