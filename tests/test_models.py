@@ -1,4 +1,4 @@
-"""The readout model, checked against NumPy by hand (the task generators: test_tasks.py)."""
+"""The readout model, checked against NumPy by hand, and the cell registry (the task generators: test_tasks.py)."""
 
 import jax
 import jax.numpy as jnp
