@@ -26,7 +26,7 @@ import jax
 from lstm_jax.cells import CELL_CONSTRUCTORS, cell_by_name
 from lstm_jax.data import TASKS, get_task
 from lstm_jax.models import readout
-from lstm_jax.train import TrainConfig, fit, markdown_table, write_json, write_text
+from lstm_jax.train import TrainConfig, data_parallel_mesh, fit, markdown_table, write_json, write_text
 
 DEFAULTS = dict(tasks="adding", lengths="50,100,200", models="rnn,lstm,gru", hidden=32, batch=64,
                 steps=3000, lr=1e-2, test_size=2560)
@@ -77,15 +77,40 @@ def parse_args(argv=None):
             p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if any(t <= 0 for t in args.lengths):
         p.error(f"--lengths must be positive, got {args.lengths}")
+    # Everything a run would refuse is refused now, before the sweep trains anything.
+    try:
+        train_config(args)
+        devices = data_parallel_mesh(args.num_devices).devices.size
+        if args.batch % devices:
+            raise ValueError(f"--batch ({args.batch}) must be divisible by the number of devices ({devices}).")
+        for name in args.models:
+            cell_by_name(name, args.hidden, **cell_options(name, args))
+        for name in args.tasks:
+            for length in args.lengths:
+                jax.eval_shape(lambda k: get_task(name).sample(k, 1, length), jax.random.key(0))
+    except (TypeError, ValueError) as e:
+        p.error(str(e))
     return args
+
+
+def cell_options(model_name: str, args) -> dict:
+    """Derivative clipping (Graves 2013) is an LSTM option; other cells train without it."""
+    if args.derivative_clip is None or not model_name.startswith("lstm"):
+        return {}
+    return {"derivative_clip": args.derivative_clip}
+
+
+def train_config(args) -> TrainConfig:
+    return TrainConfig(steps=args.steps, learning_rate=args.lr, schedule=args.schedule,
+                       warmup_steps=args.warmup_steps, clip_norm=args.clip or None,
+                       log_every=max(1, args.steps // 20), eval_every=args.eval_every,
+                       checkpoint_every=args.checkpoint_every, seed=args.seed, num_devices=args.num_devices)
 
 
 def run_one(task_name: str, length: int, model_name: str, args) -> dict:
     """Trains one model on one task at one length; returns its row of the results table."""
     task = get_task(task_name)
-    options = {} if args.derivative_clip is None else {"derivative_clip": args.derivative_clip}
-    if args.derivative_clip is not None and not model_name.startswith("lstm"):
-        options = {}  # derivative clipping is an LSTM option; other cells train without it
+    options = cell_options(model_name, args)
     cell = cell_by_name(model_name, args.hidden, **options)
     model = readout(cell, task.output_size, at=task.readout_at)
     key = jax.random.key(args.seed)
@@ -101,10 +126,7 @@ def run_one(task_name: str, length: int, model_name: str, args) -> dict:
     def eval_fn(params):
         return task.evaluate(model.apply(params, test.xs, lengths=test.lengths), test)
 
-    config = TrainConfig(steps=args.steps, learning_rate=args.lr, schedule=args.schedule,
-                         warmup_steps=args.warmup_steps, clip_norm=args.clip or None,
-                         log_every=max(1, args.steps // 20), eval_every=args.eval_every,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed, num_devices=args.num_devices)
+    config = train_config(args)
     run = dict(task=task_name, length=length, model=model_name, hidden=args.hidden, batch=args.batch,
                test_size=args.test_size, derivative_clip=options.get("derivative_clip"))
     workdir = pathlib.Path(args.out) / "runs" / f"{task_name}_T{length}_{model_name}"

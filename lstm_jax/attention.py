@@ -702,7 +702,7 @@ def seq2seq(
         src_lengths = jnp.asarray(src_lengths)
         memory, _ = encoder.apply(params.encoder, params.src_embed[src], lengths=src_lengths)  # [..., S, D]
         S = jnp.shape(src)[-1]
-        mask = jnp.arange(S, dtype=src_lengths.dtype) < src_lengths[..., None]  # [..., S]
+        mask = jnp.arange(S, dtype=jnp.int32) < jnp.asarray(src_lengths).astype(jnp.int32)[..., None]  # [..., S]
         return memory, mask
 
     def apply(params, src, src_lengths, tgt_in, *, tgt_lengths=None):

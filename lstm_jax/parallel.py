@@ -175,7 +175,7 @@ def parallel_unroll(
     work = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype  # bf16/f16 -> f32 inside
     log_a, b, h0 = log_a.astype(work), b.astype(work), h0.astype(work)
     if lengths is not None:
-        t = jnp.arange(T, dtype=lengths.dtype).reshape((T,) + (1,) * lengths.ndim)
+        t = jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim)
         valid = (t < lengths)[..., None]  # [T, ..., 1]
         log_a = jnp.where(valid, log_a, jnp.zeros_like(log_a))  # a = 1: keep the carry
         b = jnp.where(valid, b, jnp.zeros_like(b))

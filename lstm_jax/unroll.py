@@ -35,7 +35,8 @@ def reverse_within_lengths(xs: Array, lengths: Array) -> Array:
       ``[T, ..., F]``.
     """
     T = xs.shape[0]
-    t = jnp.arange(T, dtype=lengths.dtype).reshape((T,) + (1,) * lengths.ndim)
+    lengths = jnp.asarray(lengths).astype(jnp.int32)  # narrow ints would wrap in arange(T)
+    t = jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim)
     idx = jnp.where(t < lengths, lengths - 1 - t, t)  # [T, ...]
     idx = jnp.broadcast_to(idx[..., None], idx.shape + xs.shape[lengths.ndim + 1:])
     return jnp.take_along_axis(xs, idx, axis=0)
@@ -69,16 +70,16 @@ def _check_lengths(lengths, batch_shape, T) -> Array:
         if values.size and (values.min() < 0 or values.max() > T):
             raise ValueError(f"`lengths` must lie in [0, {T}] (T, the number of steps in `xs`), "
                              f"got values in [{values.min()}, {values.max()}].")
-    return jnp.asarray(lengths)
+    return lengths.astype(jnp.int32)  # an int8 step counter would wrap before T
 
 
-def _chunked_scan(cell: Cell, params, body, carry, xs_tm, ts, chunk: int, reverse: bool, unroll):
+def _chunked_scan(cell: Cell, params, body, carry, xs_tm, chunk: int, reverse: bool, unroll):
     """``lax.scan(body)`` over time as an outer scan over checkpointed chunks of ``chunk`` steps."""
     T = xs_tm.shape[0]
     n = -(-T // chunk)
     pad = n * chunk - T
     to_chunks = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((n, chunk) + a.shape[1:])
-    ts_pad = jnp.arange(n * chunk, dtype=ts.dtype)
+    ts_pad = jnp.arange(n * chunk, dtype=jnp.int32)
 
     @jax.checkpoint
     def run_chunk(carry, inputs):
@@ -165,7 +166,8 @@ def unroll(
         projection and steps run under ``jax.checkpoint``, and the backward pass keeps only
         the carries at chunk boundaries, recomputing one chunk at a time. Training memory
         then grows like ``T / K + K`` steps instead of ``T`` (``K ≈ sqrt(T)`` is the usual
-        choice), for the price of one extra forward pass. Results are identical.
+        choice), for the price of one extra forward pass. Results are equal up to
+        floating-point rounding (the chunked program may fuse differently).
 
     Returns:
       ``(ys, carry)`` where ``ys`` is ``[..., T, O]`` (``[T, ..., O]`` if ``time_major``) and
@@ -181,7 +183,7 @@ def unroll(
     if remat_chunk is not None:
         remat_chunk = _checks.positive_int("remat_chunk", remat_chunk)
     recur = cell.recur_with_gates if return_gates else cell.recur
-    ts = jnp.arange(T, dtype=lengths.dtype if lengths is not None else jnp.int32)
+    ts = jnp.arange(T, dtype=jnp.int32)
     # Chunking pads the time axis to a multiple of the chunk; padded steps are masked like
     # steps past a sequence's length.
     padded = remat_chunk is not None and T % remat_chunk != 0
@@ -207,7 +209,7 @@ def unroll(
         carry, (ys, carries, gates) = jax.lax.scan(body, carry, (px, ts), reverse=scan_reverse,
                                                    unroll=unroll)
     else:
-        carry, (ys, carries, gates) = _chunked_scan(cell, params, body, carry, xs_tm, ts, remat_chunk,
+        carry, (ys, carries, gates) = _chunked_scan(cell, params, body, carry, xs_tm, remat_chunk,
                                                     scan_reverse, unroll)
 
     def to_layout(a):

@@ -44,6 +44,10 @@ def test_sweep_writes_results_table_and_plot_and_resumes(tmp_path):
     (["--hidden", "-4"], "--hidden must be positive, got -4"),
     (["--lengths", "50,abc"], "--lengths must be comma-separated integers, got '50,abc'"),
     (["--lengths", "0"], "--lengths must be positive, got [0]"),
+    (["--tasks", "adding_1997", "--lengths", "50,10"], "`length` must be at least 22 for this task, got 10."),
+    (["--schedule", "warmup_cosine"], "TrainConfig.warmup_steps must lie in (0, steps=3000)"),
+    (["--clip", "-1"], "TrainConfig.clip_norm must be a positive finite number, got -1.0."),
+    (["--models", "clockwork", "--hidden", "30"], "`hidden_size` (30) must be divisible"),
 ])
 def test_bad_flags_are_refused_with_a_message(flags, message, capsys):
     with pytest.raises(SystemExit):
@@ -51,6 +55,7 @@ def test_bad_flags_are_refused_with_a_message(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_batch_not_divisible_by_devices_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"`num_devices` must lie in \[1, 1\]"):
-        long_term_deps.main(TINY + ["--models", "lstm", "--num-devices", "2", "--out", str(tmp_path)])
+def test_more_devices_than_exist_is_refused_before_training(capsys):
+    with pytest.raises(SystemExit):
+        long_term_deps.parse_args(["--num-devices", "2"])
+    assert "`num_devices` must lie in [1, 1]" in capsys.readouterr().err

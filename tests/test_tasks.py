@@ -164,9 +164,11 @@ def test_temporal_order_criterion():
     (temporal_order, dict(length=5), "`length` must be at least 10"),
     (temporal_order, dict(num_relevant=4), r"`num_relevant` must be 2 \(Experiment 6a\) or 3 \(6b\), got 4"),
     (copy_memory, dict(length=0), "`length` must be a positive int"),
+    (temporal_order, dict(num_relevant=2.0), r"`num_relevant` must be 2 \(Experiment 6a\) or 3 \(6b\), got 2.0"),
+    (adding_problem, dict(dtype=jnp.int32), "`dtype` must be a floating dtype"),
 ])
 def test_generator_errors(fn, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         fn(KEY, **(dict(batch_size=2, length=30) | kwargs))
 
 

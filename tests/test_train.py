@@ -151,11 +151,15 @@ def test_schedules():
     assert float(const(77)) == pytest.approx(0.1)
 
 
-def test_nan_loss_stops_training():
+def test_nan_loss_stops_training_before_any_checkpoint(tmp_path):
     loss_fn, params, batch_fn, _ = problem()
     nan_loss = lambda p, b, k: loss_fn(p, b, k) * jnp.nan
     with pytest.raises(FloatingPointError, match="the training loss became nan by step 2"):
         fit(nan_loss, params, batch_fn, TrainConfig(steps=4, log_every=2))
+    # checkpoints come more often than logs: the check runs before each save as well
+    with pytest.raises(FloatingPointError, match="the training loss became nan by step 2"):
+        fit(nan_loss, params, batch_fn, TrainConfig(steps=4, log_every=100, checkpoint_every=2), workdir=tmp_path)
+    assert not list((tmp_path / "checkpoints").iterdir())
 
 
 def test_progress_bar_is_quiet_off_a_terminal(capsys):
@@ -167,12 +171,14 @@ def test_progress_bar_is_quiet_off_a_terminal(capsys):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(steps=0), "TrainConfig.steps must be an int >= 1, got 0."),
     (dict(steps=-5), "TrainConfig.steps must be an int >= 1, got -5."),
-    (dict(learning_rate=-1e-3), "TrainConfig.learning_rate must be a positive number, got -0.001."),
-    (dict(clip_norm=0), "TrainConfig.clip_norm must be a positive number, got 0."),
+    (dict(learning_rate=-1e-3), "TrainConfig.learning_rate must be a positive finite number, got -0.001."),
+    (dict(clip_norm=0), "TrainConfig.clip_norm must be a positive finite number, got 0."),
     (dict(optimizer="adagrad"), "TrainConfig.optimizer must be one of ('adam', 'adamw', 'sgd', 'rmsprop'), got 'adagrad'."),
     (dict(schedule="linear"), "TrainConfig.schedule must be one of ('constant', 'cosine', 'warmup_cosine'), got 'linear'."),
     (dict(schedule="warmup_cosine", warmup_steps=0), "TrainConfig.warmup_steps must lie in (0, steps=1000)"),
     (dict(num_devices=0), "TrainConfig.num_devices must be an int >= 1, got 0."),
+    (dict(learning_rate=float("inf")), "TrainConfig.learning_rate must be a positive finite number, got inf."),
+    (dict(weight_decay=None), "TrainConfig.weight_decay must be a non-negative finite number, got None."),
     (dict(log_every=2.5), "TrainConfig.log_every must be an int >= 1, got 2.5."),
 ])
 def test_config_errors(kwargs, match):

@@ -373,3 +373,14 @@ def test_remat_chunk_must_be_positive():
     params = cell.init(jax.random.key(0), 3)
     with pytest.raises(ValueError, match="`remat_chunk` must be a positive int, got 0."):
         lj.unroll(cell, params, jnp.ones((2, 5, 3), jnp.float32), remat_chunk=0)
+
+
+def test_narrow_integer_lengths_do_not_wrap():
+    """int8 lengths with T > 127: the step counter is int32, so nothing wraps around."""
+    cell = lj.rnn(3)
+    params = cell.init(jax.random.key(0), 2, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (2, 200, 2), jnp.float64)
+    for reverse in (False, True):
+        want = lj.unroll(cell, params, xs, lengths=jnp.array([5, 120], jnp.int32), reverse=reverse)
+        got = lj.unroll(cell, params, xs, lengths=jnp.array([5, 120], jnp.int8), reverse=reverse)
+        helpers.assert_trees_close(got, want)

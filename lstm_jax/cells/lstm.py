@@ -155,7 +155,8 @@ def lstm(
     if coupled and not (input_gate and forget_gate):
         raise ValueError("`coupled=True` derives the input gate from the forget gate; it needs "
                          "`input_gate=True` and `forget_gate=True`.")
-    if derivative_clip is not None and not derivative_clip > 0:
+    if derivative_clip is not None and (isinstance(derivative_clip, bool) or not isinstance(
+            derivative_clip, (int, float)) or not derivative_clip > 0):
         raise ValueError(f"`derivative_clip` must be a positive number or None, got {derivative_clip!r}.")
     options = dict(
         hidden_size=hidden_size, forget_bias=forget_bias, peephole=peephole, coupled=coupled,
@@ -207,8 +208,14 @@ def lstm(
         return LSTMState(hidden=zeros(O), cell=zeros(H),
                          gates=zeros(S * H) if full_gate_recurrence else None)
 
+    def check_layer_norm(params):
+        if (params.ln_x_gain is not None) != layer_norm:
+            raise ValueError(f"`params` were made for an LSTM {'with' if not layer_norm else 'without'} "
+                             f"layer_norm; this cell has layer_norm={layer_norm}.")
+
     def project(params, xs):
         _checks.params_of(params, LSTMParams, "w_h", G * H)
+        check_layer_norm(params)
         _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         if layer_norm:
             return layer_norm_fn(xs @ params.w_x, params.ln_x_gain) + params.b

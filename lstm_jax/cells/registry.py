@@ -46,9 +46,13 @@ def cell_by_name(name: str, hidden_size: int, **options: Any) -> Cell:
     """
     if name not in CELL_CONSTRUCTORS:
         raise ValueError(f"unknown cell name {name!r}; choose from {sorted(CELL_CONSTRUCTORS)}.")
+    make = CELL_CONSTRUCTORS[name]
+    fixed = sorted(set(options) & set(getattr(make, "keywords", {})))
+    if fixed:  # a preset's own choices (e.g. "rnn_relu"'s activation) are not overridable
+        raise ValueError(f"cell {name!r} fixes {fixed} itself; use its base cell to choose them.")
     try:
-        return CELL_CONSTRUCTORS[name](hidden_size, **options)
+        return make(hidden_size, **options)
     except TypeError as e:
         if "unexpected keyword" not in str(e):
             raise
-        raise ValueError(f"cell {name!r} does not take the option(s) {sorted(options)}: {e}") from None
+        raise ValueError(f"cell {name!r} does not take that option: {e}") from None

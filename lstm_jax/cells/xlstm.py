@@ -465,7 +465,7 @@ def mlstm_parallel(cell: Cell, params: MLSTMParams, xs: Array, carry: MLSTMState
     valid = None
     if lengths is not None:
         lengths = _check_parallel_lengths(lengths, batch, T)
-        valid = jnp.arange(T, dtype=lengths.dtype) < lengths[..., None]  # [..., T]
+        valid = jnp.arange(T, dtype=jnp.int32) < lengths[..., None]  # [..., T]
     if T == 0:
         return jnp.zeros(batch + (0, H), dtype), carry
 
@@ -527,4 +527,4 @@ def _check_parallel_lengths(lengths: Any, batch: tuple[int, ...], T: int) -> Arr
         if lo < 0 or hi > T:
             raise ValueError(f"`lengths` must lie in [0, {T}] (T, the number of steps in `xs`), "
                              f"got values in [{lo}, {hi}].")
-    return lengths
+    return lengths.astype(jnp.int32)  # an int8 step counter would wrap before T

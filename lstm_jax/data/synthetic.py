@@ -46,7 +46,8 @@ class Batch(NamedTuple):
     lengths: Array  # [B] int32, the number of real steps of each sequence
 
 
-def _sizes(batch_size, length, min_length):
+def _sizes(batch_size, length, min_length, dtype):
+    _checks.floating_dtype("dtype", dtype)
     B = _checks.positive_int("batch_size", batch_size)
     T = _checks.positive_int("length", length)
     if T < min_length:
@@ -77,7 +78,7 @@ def adding_problem(key: Array, batch_size: int, length: int, *, dtype=jnp.float3
     Returns:
       ``Batch(xs [B, T, 2], targets [B], lengths [B] = T)``.
     """
-    B, T = _sizes(batch_size, length, 2)
+    B, T = _sizes(batch_size, length, 2, dtype)
     kv, k1, k2 = jax.random.split(key, 3)
     values = jax.random.uniform(kv, (B, T), dtype)
     half = T // 2
@@ -110,7 +111,7 @@ def adding_problem_1997(key: Array, batch_size: int, length: int, *, dtype=jnp.f
     Returns:
       ``Batch(xs [B, T + T//10, 2], targets [B], lengths [B])``; ``xs`` is zero past each length.
     """
-    B, T = _sizes(batch_size, length, 22)
+    B, T = _sizes(batch_size, length, 22, dtype)
     kl, kv, k1, k2 = jax.random.split(key, 4)
     T_max = T + T // 10
     lengths = _random_lengths(kl, B, T)
@@ -147,7 +148,7 @@ def copy_memory(key: Array, batch_size: int, length: int, *, dtype=jnp.float32) 
     Returns:
       ``Batch(xs [B, T + 20, 10], targets [B, T + 20] int32 classes, lengths [B] = T + 20)``.
     """
-    B, T = _sizes(batch_size, length, 1)
+    B, T = _sizes(batch_size, length, 1, dtype)
     data = jax.random.randint(key, (B, 10), 0, 8, jnp.int32)
     blanks = lambda n: jnp.full((B, n), COPY_BLANK, jnp.int32)
     delimiter = jnp.full((B, 1), COPY_DELIMITER, jnp.int32)
@@ -185,8 +186,8 @@ def temporal_order(key: Array, batch_size: int, length: int, *, num_relevant: in
       ``Batch(xs [B, T + T//10, 8] one-hot over ORDER_SYMBOLS, targets [B] int32 classes in
       [0, 2**num_relevant), lengths [B])``.
     """
-    B, T = _sizes(batch_size, length, 10)
-    windows = ORDER_WINDOWS.get(num_relevant)
+    B, T = _sizes(batch_size, length, 10, dtype)
+    windows = ORDER_WINDOWS.get(num_relevant) if type(num_relevant) is int else None
     if windows is None:
         raise ValueError(f"`num_relevant` must be 2 (Experiment 6a) or 3 (6b), got {num_relevant!r}.")
     kl, ks, kp, kc = jax.random.split(key, 4)

@@ -64,9 +64,11 @@ class Checkpointer:
         write_json(config_path, config)
 
     def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None."""
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any) -> None:
+        """Saves ``state`` (a pytree of arrays) as the checkpoint of ``step`` (asynchronously)."""
         self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
 
     def restore(self, step: int, like: Any) -> Any:

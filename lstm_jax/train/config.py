@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import optax
@@ -18,7 +19,7 @@ class TrainConfig:
     Attributes:
       steps: number of optimiser updates.
       learning_rate: peak learning rate.
-      optimizer: one of :data:`OPTIMIZERS`.
+      optimizer: one of :data:`OPTIMIZERS` (``"sgd"`` uses momentum 0.9).
       schedule: ``"constant"``, ``"cosine"`` (decay to 0 over ``steps``) or
         ``"warmup_cosine"`` (linear warm-up over ``warmup_steps``, then cosine decay).
       warmup_steps: warm-up length for ``"warmup_cosine"``.
@@ -57,14 +58,17 @@ class TrainConfig:
             check_int(name, 0)
         if self.num_devices is not None:
             check_int("num_devices", 1)
-        for name in ("learning_rate", "clip_norm"):
+        def check_number(name, positive):
             v = getattr(self, name)
-            if v is None and name == "clip_norm":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive number, got {v!r}.")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}.")
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or not (v > 0 if positive else v >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a {'positive' if positive else 'non-negative'} "
+                                 f"finite number, got {v!r}.")
+
+        check_number("learning_rate", positive=True)
+        if self.clip_norm is not None:
+            check_number("clip_norm", positive=True)
+        check_number("weight_decay", positive=False)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
         if self.schedule not in SCHEDULES:

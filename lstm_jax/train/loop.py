@@ -124,7 +124,9 @@ def fit(
     # the caller's setting (the library's own code never relies on promotion).
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
-        params, opt_state = jax.device_put((params, opt_state), replicated)
+        # may_alias=False: the update donates its inputs on accelerators, which must not free
+        # the caller's own `params`.
+        params, opt_state = jax.device_put((params, opt_state), replicated, may_alias=False)
 
         def update(params, opt_state, step):
             batch = jax.lax.with_sharding_constraint(batch_fn(jax.random.fold_in(data_key, step)), batch_sharding)
@@ -135,7 +137,7 @@ def fit(
             params = optax.apply_updates(params, updates)
             return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
-        donate = () if jax.default_backend() == "cpu" else (0, 1)  # CPU cannot reuse donated buffers
+        donate = () if jax.default_backend() == "cpu" else (0, 1)  # saves a copy of the state on accelerators
         update = jax.jit(update, donate_argnums=donate)
 
         log = MetricsLog(pathlib.Path(workdir) / "metrics.jsonl") if workdir is not None else None
@@ -172,10 +174,17 @@ def _run(update, params, opt_state, start, config, eval_fn, log, checkpointer, p
         if log is not None:
             log.append(entry)
 
-    def evaluate(step):
+    def evaluate(step, log_it=True):
         metrics = {k: float(v) for k, v in eval_fn(params).items()}
-        record({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        if log_it:
+            record({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
         return metrics
+
+    def check_finite(done):  # before logging and before every checkpoint: never save NaNs
+        bad = [float(m["loss"]) for m in window if not math.isfinite(float(m["loss"]))]
+        if bad:
+            raise FloatingPointError(f"the training loss became {bad[0]} by step {done}; "
+                                     "lower the learning rate or clip the gradients.")
 
     with tqdm(total=config.steps, initial=start, desc=description, disable=None if progress is None else not progress,
               dynamic_ncols=True, leave=False) as bar:
@@ -184,20 +193,19 @@ def _run(update, params, opt_state, start, config, eval_fn, log, checkpointer, p
             window.append(metrics)
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
+                check_finite(done)
                 means = {k: float(jnp.mean(jnp.stack([m[k] for m in window]))) for k in window[0]}
                 window.clear()
-                if not math.isfinite(means["loss"]):
-                    raise FloatingPointError(f"the training loss became {means['loss']} by step {done}; "
-                                             "lower the learning rate or clip the gradients.")
                 record({"step": done, **means, "seconds": time.perf_counter() - t0})
                 bar.set_postfix(loss=f"{means['loss']:.4g}")
             if eval_fn is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps:
                 evaluate(done)
             if checkpointer is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
+                check_finite(done)
                 checkpointer.save(done, {"params": params, "opt_state": opt_state})
             bar.update(1)
-    if eval_fn is not None:
-        final_eval = evaluate(config.steps)
+    if eval_fn is not None:  # a resumed run that was already complete does not log it twice
+        final_eval = evaluate(config.steps, log_it=start < config.steps)
     if checkpointer is not None and checkpointer.latest_step() != config.steps:
         checkpointer.save(config.steps, {"params": params, "opt_state": opt_state})
     return params, opt_state, history, final_eval

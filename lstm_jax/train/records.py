@@ -73,10 +73,12 @@ class MetricsLog:
         write_text(self.path, "".join(kept))
 
     def append(self, record: Mapping[str, Any]) -> None:
+        """Appends one record as one line (flushed on close)."""
         with self.path.open("a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
 
     def read(self) -> list[dict]:
+        """All records, oldest first."""
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
