@@ -131,7 +131,7 @@ def stack(layers: Sequence[Cell | Layer], *, dropout_rate: float = 0.0, time_maj
     layers = tuple(_as_layer(x, f"layers[{i}]", time_major=time_major) for i, x in enumerate(layers))
     if not layers:
         raise ValueError("`layers` must contain at least one cell or layer.")
-    if not 0.0 <= dropout_rate < 1.0:
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"`dropout_rate` must lie in [0, 1), got {dropout_rate!r}.")
     if len({l.time_major for l in layers}) != 1:
         raise ValueError("`layers` must all share one `time_major` setting.")

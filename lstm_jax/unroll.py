@@ -182,6 +182,8 @@ def unroll(
     T, xs_tm, carry, lengths = prepare_sequence(cell, params, xs, carry, lengths, reverse, time_major)
     if remat_chunk is not None:
         remat_chunk = _checks.positive_int("remat_chunk", remat_chunk)
+    if not isinstance(unroll, bool):  # True unrolls fully; otherwise steps per loop iteration
+        unroll = _checks.positive_int("unroll", unroll)
     recur = cell.recur_with_gates if return_gates else cell.recur
     ts = jnp.arange(T, dtype=jnp.int32)
     # Chunking pads the time axis to a multiple of the chunk; padded steps are masked like

@@ -173,6 +173,8 @@ CASES = [
          "`dropout_rate` must lie in [0, 1), got 1.0."),
     case("dropout_rate_negative", lambda: lj.stack([CELL, CELL], dropout_rate=-0.1), ValueError,
          "`dropout_rate` must lie in [0, 1), got -0.1."),
+    case("dropout_rate_string", lambda: lj.stack([CELL, CELL], dropout_rate="0.2"), ValueError,
+         "`dropout_rate` must lie in [0, 1), got '0.2'."),
     case("stack_params_length", lambda: TWO.apply(TWO_PARAMS[:1], XS), ValueError,
          "`params` must be a tuple of 2 per-layer parameters (one per stacked layer), got a tuple of length 1."),
     case("stack_params_of_one_layer", lambda: TWO.apply(PARAMS, XS), ValueError,

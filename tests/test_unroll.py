@@ -12,6 +12,7 @@ the default path nothing. All at float64 to ~1e-12.
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -368,11 +369,16 @@ def test_remat_chunks_change_nothing_but_memory(options):
         helpers.assert_trees_close(got, want)
 
 
-def test_remat_chunk_must_be_positive():
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(remat_chunk=0), "`remat_chunk` must be a positive int, got 0."),
+    (dict(unroll=0), "`unroll` must be a positive int, got 0."),
+    (dict(unroll=2.5), "`unroll` must be a positive int, got 2.5."),
+])
+def test_remat_chunk_and_unroll_must_be_positive(kwargs, message):
     cell = lj.lstm(4)
     params = cell.init(jax.random.key(0), 3)
-    with pytest.raises(ValueError, match="`remat_chunk` must be a positive int, got 0."):
-        lj.unroll(cell, params, jnp.ones((2, 5, 3), jnp.float32), remat_chunk=0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        lj.unroll(cell, params, jnp.ones((2, 5, 3), jnp.float32), **kwargs)
 
 
 def test_narrow_integer_lengths_do_not_wrap():
