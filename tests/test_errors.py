@@ -12,7 +12,6 @@ import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import helpers  # tests/helpers.py

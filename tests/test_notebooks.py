@@ -1,6 +1,5 @@
 """The notebooks run top to bottom (at toy size) and are committed with their outputs."""
 
-import os
 import pathlib
 
 import pytest

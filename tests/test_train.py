@@ -4,7 +4,6 @@ with clear messages."""
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
