@@ -41,6 +41,10 @@ class Cell(NamedTuple):
       output_size: ``O``, the size of ``y_t``.
       name: the family name, e.g. ``"lstm"``.
       options: the constructor's keyword arguments, for ``repr`` and interop.
+      fused: optional fast path over a whole sequence, used by :func:`lstm_jax.unroll`:
+        ``fused(params, xs[T, B, I], carry, valid, unroll) -> (ys[T, B, O], carry)`` with
+        carry leaves ``[B, n]`` and ``valid`` a ``[T, B, 1]`` bool step mask or None. It must
+        compute exactly what scanning ``recur`` computes (see :mod:`lstm_jax.fused`).
     """
 
     init: Callable[..., Params]
@@ -52,6 +56,7 @@ class Cell(NamedTuple):
     output_size: int
     name: str
     options: Mapping[str, Any]
+    fused: Callable[..., tuple[Array, Carry]] | None = None
 
     def step(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
         """One time step from raw input: ``recur(params, carry, project(params, x))``.
@@ -81,12 +86,13 @@ def make_cell(
     init_carry: Callable[..., Carry],
     project: Callable[[Params, Array], Any],
     recur_impl: Callable[[Params, Carry, Any, bool], tuple],
+    fused: Callable[..., tuple[Array, Carry]] | None = None,
 ) -> Cell:
     """Builds a :class:`Cell` from one recurrence implementation.
 
     ``recur_impl(params, carry, px, with_gates)`` returns ``(carry, y)`` or, when
     ``with_gates`` is true, ``(carry, y, gates)``; ``with_gates`` is a Python bool so the
-    two paths trace separately.
+    two paths trace separately. ``fused`` is the optional whole-sequence fast path.
     """
 
     def recur(params, carry, px):
@@ -105,6 +111,7 @@ def make_cell(
         output_size=output_size,
         name=name,
         options=dict(options),
+        fused=fused,
     )
 
 

@@ -92,6 +92,39 @@ def _chunked_scan(cell: Cell, params, body, carry, xs_tm, chunk: int, reverse: b
     return carry, jax.tree_util.tree_map(from_chunks, outs)
 
 
+def _fused_blockers(cell: Cell, T: int, return_carries, return_gates, remat_chunk) -> list[str]:
+    """Why the cell's fused fast path cannot serve this call (empty if it can)."""
+    reasons = [] if T else ["`xs` has no time steps"]
+    if cell.fused is None:
+        reasons.append(f"{cell!r} has no fused path (only lstm(H) and gru(H) without variants do)")
+    for flag, on in (("return_carries", return_carries), ("return_gates", return_gates),
+                     ("remat_chunk", remat_chunk is not None)):
+        if on:
+            reasons.append(f"`{flag}` needs the generic scan")
+    return reasons
+
+
+def _fused_unroll(cell: Cell, params, xs_tm, carry, lengths, reverse, time_major, unroll):
+    """``unroll`` through ``cell.fused``: flattens the batch axes, runs, restores the layout."""
+    jax.eval_shape(cell.project, params, xs_tm)  # the same argument checks as the scan path
+    T, batch_shape = xs_tm.shape[0], xs_tm.shape[1:-1]
+    flat = lambda a: a.reshape((-1, a.shape[-1]))
+    xs_flat = xs_tm.reshape((T, -1, xs_tm.shape[-1]))
+    valid = None
+    if lengths is not None:  # reversal within lengths was done on the inputs: run forwards
+        valid = (jnp.arange(T, dtype=jnp.int32)[:, None] < lengths.reshape(-1)[None, :])[..., None]
+    elif reverse:
+        xs_flat = xs_flat[::-1]
+    ys, carry = cell.fused(params, xs_flat, jax.tree_util.tree_map(flat, carry), valid, unroll)
+    if reverse and lengths is None:
+        ys = ys[::-1]
+    elif reverse:
+        ys = reverse_within_lengths(ys, lengths.reshape(-1))
+    ys = ys.reshape((T,) + batch_shape + ys.shape[-1:])
+    carry = jax.tree_util.tree_map(lambda a: a.reshape(batch_shape + a.shape[-1:]), carry)
+    return (ys if time_major else jnp.moveaxis(ys, 0, -2)), carry
+
+
 def prepare_sequence(cell: Cell, params, xs, carry, lengths, reverse: bool, time_major: bool):
     """Checks a sequence call's arguments and puts ``xs`` time-major.
 
@@ -137,6 +170,7 @@ def unroll(
     return_carries: bool = False,
     return_gates: bool = False,
     remat_chunk: int | None = None,
+    impl: str = "auto",
 ):
     """Runs ``cell`` over a sequence with one ``jax.lax.scan``.
 
@@ -168,6 +202,13 @@ def unroll(
         then grows like ``T / K + K`` steps instead of ``T`` (``K ≈ sqrt(T)`` is the usual
         choice), for the price of one extra forward pass. Results are equal up to
         floating-point rounding (the chunked program may fuse differently).
+      impl: ``"auto"`` (default) uses the cell's fused fast path when it has one (``lstm(H)``
+        and ``gru(H)`` without variants: a hand-written backward pass, see
+        :mod:`lstm_jax.fused`) and the call asks for nothing it does not give
+        (``return_carries``, ``return_gates``, ``remat_chunk``); otherwise the generic scan.
+        ``"scan"`` always takes the generic scan of ``cell.recur`` (differentiated by JAX);
+        ``"fused"`` insists on the fast path and raises if it cannot be used. Both paths
+        compute the same function, equal up to floating-point rounding.
 
     Returns:
       ``(ys, carry)`` where ``ys`` is ``[..., T, O]`` (``[T, ..., O]`` if ``time_major``) and
@@ -176,7 +217,8 @@ def unroll(
 
     Raises:
       ValueError: ``xs`` of rank < 2 or the wrong feature size; a ``carry`` or ``lengths``
-        of the wrong shape; ``lengths`` outside ``[0, T]``.
+        of the wrong shape; ``lengths`` outside ``[0, T]``; ``impl="fused"`` where the fast
+        path does not apply.
       TypeError: ``xs``/``carry`` dtype differs from the parameters'; non-integer ``lengths``.
     """
     T, xs_tm, carry, lengths = prepare_sequence(cell, params, xs, carry, lengths, reverse, time_major)
@@ -184,6 +226,14 @@ def unroll(
         remat_chunk = _checks.positive_int("remat_chunk", remat_chunk)
     if not isinstance(unroll, bool):  # True unrolls fully; otherwise steps per loop iteration
         unroll = _checks.positive_int("unroll", unroll)
+    _checks.choice("impl", impl, ("auto", "scan", "fused"))
+    blockers = _fused_blockers(cell, T, return_carries, return_gates, remat_chunk)
+    if impl == "fused" and blockers:
+        raise ValueError(f"`impl='fused'` cannot be used here: {'; '.join(blockers)}. "
+                         "Use impl='auto' to fall back to the generic scan.")
+    if impl != "scan" and not blockers:
+        return _fused_unroll(cell, params, xs_tm, carry, lengths, reverse, time_major, unroll)
+
     recur = cell.recur_with_gates if return_gates else cell.recur
     ts = jnp.arange(T, dtype=jnp.int32)
     # Chunking pads the time axis to a multiple of the chunk; padded steps are masked like

@@ -322,8 +322,9 @@ def scan_eqns(jaxpr):
 
 
 def unroll_jaxpr(**kw):
+    """The generic scan path's jaxpr (the fused LSTM path has its own tests in test_fused.py)."""
     cell, params = setup("lstm")
-    return jax.make_jaxpr(lambda p, x: lj.unroll(cell, p, x, **kw))(params, inputs()).jaxpr
+    return jax.make_jaxpr(lambda p, x: lj.unroll(cell, p, x, impl="scan", **kw))(params, inputs()).jaxpr
 
 
 def test_input_projection_is_hoisted_out_of_the_scan():

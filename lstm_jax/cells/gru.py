@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import _checks
+from lstm_jax import _checks, fused
 from lstm_jax import initializers as inits
 from lstm_jax.cell import Cell, make_cell, split_blocks
 
@@ -110,6 +110,12 @@ def gru(
             return GRUState(h), h, {"reset": r, "update": z, "candidate": n, "hidden": h}
         return GRUState(h), h
 
+    def fused_unroll(params, xs, carry, valid, unroll):
+        ys, h = fused.gru_layer(params.w_x, params.w_h, params.b, params.b_hn, xs, carry.hidden, valid,
+                                unroll, fused.hoist_projection())
+        return ys, GRUState(h)
+
     return make_cell(name="gru", options=dict(hidden_size=H, reset_after=reset_after),
                      hidden_size=H, output_size=H, init=init, init_carry=init_carry,
-                     project=project, recur_impl=recur_impl)
+                     project=project, recur_impl=recur_impl,
+                     fused=fused_unroll if reset_after else None)

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import _checks
+from lstm_jax import _checks, fused
 from lstm_jax import initializers as inits
 from lstm_jax.cell import layer_norm as layer_norm_fn
 from lstm_jax.cell import ACTIVATIONS, Cell, clip_gradient, make_cell, split_blocks
@@ -261,8 +261,19 @@ def lstm(
         seen = {k: v for k, v in acts.items() if v is not None}
         return new, h, dict(seen, cell=c, hidden=h)
 
+    def fused_unroll(params, xs, carry, valid, unroll):
+        check_layer_norm(params)
+        ys, (h, c) = fused.lstm_layer(params.w_x, params.w_h, params.b, xs, carry.hidden, carry.cell, valid,
+                                      unroll, fused.hoist_projection())
+        return ys, LSTMState(hidden=h, cell=c)
+
+    # The hand-written backward covers the cell of the article: four gates, tanh, nothing else.
+    vanilla = names == GATE_ORDER and not (peephole or full_gate_recurrence or proj_size or layer_norm
+                                           or derivative_clip is not None) \
+        and input_activation == output_activation == "tanh"
     return make_cell(name="lstm", options=options, hidden_size=H, output_size=O, init=init,
-                     init_carry=init_carry, project=project, recur_impl=recur_impl)
+                     init_carry=init_carry, project=project, recur_impl=recur_impl,
+                     fused=fused_unroll if vanilla else None)
 
 
 def greff_variant(name: str, hidden_size: int, **overrides: Any) -> Cell:

@@ -1,0 +1,329 @@
+"""Fused LSTM and GRU layers: one scan forward, a hand-written backward pass.
+
+Differentiating :func:`lax.scan` of a cell step is correct but wasteful: the backward scan
+re-derives every gate's derivative from saved intermediates and accumulates the weight
+gradients one small ``[H, B] x [B, G*H]`` product per step, carrying the ``[H, G*H]`` sum
+through the loop. For the vanilla LSTM and GRU we know the derivative in closed form, so the
+layer is a :func:`jax.custom_vjp` that
+
+- forward: runs the recurrence once, keeping only what the backward needs — the gate
+  activations ``[T, B, G*H]`` and the cell states (LSTM) or the recurrent candidate term (GRU);
+- backward: one reverse scan that computes the gradient ``dz`` of every gate pre-activation
+  (all the elementwise work of a step fused in one pass) and passes ``dz_t W_h^T`` back in time;
+- then the weight and input gradients as three large matmuls over all ``T*B`` rows at once:
+  ``dW_h = H_prev^T dZ``, ``dW_x = X^T dZ`` and ``dX = dZ W_x^T``.
+
+Where the input projection ``x_t W_x + b`` runs is chosen per backend: on accelerators it is
+hoisted out of the scan (one big matmul); on the CPU it runs inside the scan body, which XLA's
+CPU backend executes faster (measured, see :func:`hoist_projection` and the README's
+Performance section).
+
+:func:`lstm_jax.unroll` uses this path by itself for cells built by ``lstm(H)`` (no peepholes,
+projection, layer norm or other variant) and ``gru(H)`` (``reset_after=True``), without
+``return_carries``/``return_gates``/``remat_chunk``; ``unroll(..., impl="scan")`` turns it off.
+Shapes here are time-major with the batch flattened: ``[T, B, *]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Recurrence = Callable[..., tuple]
+
+
+def hoist_projection() -> bool:
+    """Whether the input projection runs before the scan (True) or inside it (False).
+
+    Inside on the CPU: XLA's CPU backend runs the scan body's elementwise fusions markedly
+    slower when they read a slice of a large precomputed ``[T, B, G*H]`` array than when they
+    read two fresh ``[B, G*H]`` matmul results (forward 1.5-1.8x slower at B=32, T=128, H=256;
+    ``experiments/benchmark.py --fused-variants``).
+    """
+    return jax.default_backend() != "cpu"
+
+
+def _f32(x: Array) -> Array:
+    """Elementwise math in at least float32 (bf16 gate arithmetic loses too much)."""
+    return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+
+
+def _matmul(a: Array, b: Array) -> Array:
+    """``a @ b`` accumulated in at least float32."""
+    acc = jnp.float32 if jnp.finfo(a.dtype).bits < 32 else a.dtype
+    return jnp.matmul(a, b, preferred_element_type=acc)
+
+
+def _weight_grad(rows: Array, dz: Array, dtype) -> Array:
+    """``sum_t rows[t]^T dz[t]`` for ``rows [T, B, n]``, ``dz [T, B, m]``: one ``[n, T*B] x [T*B, m]`` matmul."""
+    n, m = rows.shape[-1], dz.shape[-1]
+    return _matmul(rows.reshape(-1, n).T, dz.reshape(-1, m)).astype(dtype)
+
+
+def _keep(valid, new, old):
+    """``new`` where the step is valid, else ``old`` (the carry stands still past a length)."""
+    return new if valid is None else jnp.where(valid, new, old)
+
+
+# --- LSTM --------------------------------------------------------------------------------
+
+
+def lstm_step(z: Array, c_prev: Array):
+    """One LSTM step from pre-activations ``z [B, 4H]`` (blocks i, f, g, o): ``(h, c, (i, f, g, o))``, f32."""
+    z = _f32(z)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    i, f, o, g = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(g)
+    c = f * _f32(c_prev) + i * g
+    h = o * jnp.tanh(c)
+    return h, c, (i, f, g, o)
+
+
+def lstm_recurrence(seq, w_h, h0, c0, *, valid=None, w_x=None, b=None, unroll=1):
+    """The LSTM recurrence over time, keeping what the backward pass needs.
+
+    Args:
+      seq: ``[T, B, 4H]`` pre-computed input projections ``x W_x + b``, or, with ``w_x`` and
+        ``b`` given, the raw inputs ``[T, B, I]`` (projected inside the scan).
+      w_h: ``[H, 4H]``.
+      h0, c0: ``[B, H]``.
+      valid: optional ``[T, B, 1]`` bool; invalid steps keep the carry.
+      unroll: ``lax.scan`` unroll factor.
+
+    Returns:
+      ``(hs, cs, acts)``: the carries ``h_t``, ``c_t`` after every step ``[T, B, H]`` and the
+      gate activations ``acts = (i, f, g, o)``, each ``[T, B, H]``, all in ``w_h``'s dtype.
+      Separate arrays rather than one ``[T, B, 4H]``: XLA's CPU backend reads a contiguous
+      ``[B, H]`` slice per step much faster than a column block of a ``[B, 4H]`` one.
+    """
+    dtype = w_h.dtype
+    ts = jnp.arange(seq.shape[0], dtype=jnp.int32)
+
+    def body(carry, inputs):
+        h_prev, c_prev = carry
+        s, t = inputs
+        px = _f32(s) if w_x is None else _matmul(s, w_x) + _f32(b)
+        h, c, acts = lstm_step(px + _matmul(h_prev, w_h), c_prev)
+        h, c, acts = h.astype(dtype), c.astype(dtype), tuple(a.astype(dtype) for a in acts)
+        ok = None if valid is None else valid[t]
+        h, c = _keep(ok, h, h_prev), _keep(ok, c, c_prev)
+        return (h, c), (h, c, acts)
+
+    _, (hs, cs, acts) = jax.lax.scan(body, (h0, c0), (seq, ts), unroll=unroll)
+    return hs, cs, acts
+
+
+def lstm_recurrence_grad(w_h, acts, cs, c0, dhs, dh_last, dc_last, *, valid=None, unroll=1):
+    """Reverse pass of :func:`lstm_recurrence`: the gradient of every gate pre-activation.
+
+    With ``dh = dhs_t + dh_{t+1}``, ``tc = tanh(c_t)``:
+    ``do = dh tc``, ``dc = dc_{t+1} + dh o (1 - tc^2)``, ``di = dc g``, ``dg = dc i``,
+    ``df = dc c_{t-1}``, ``dz_t = [di i(1-i), df f(1-f), dg (1-g^2), do o(1-o)]``,
+    then ``dh_t = dz_t W_h^T`` and ``dc_t = dc f`` flow to step ``t-1``.
+
+    Args:
+      w_h: ``[H, 4H]``; acts ``(i, f, g, o)`` each ``[T, B, H]``; cs ``[T, B, H]``; c0 ``[B, H]``.
+      dhs: ``[T, B, H]`` gradient w.r.t. the outputs ``h_t``.
+      dh_last, dc_last: ``[B, H]`` gradient w.r.t. the final carry.
+      valid: optional ``[T, B, 1]`` mask as in the forward pass.
+
+    Returns:
+      ``(dz [T, B, 4H], dh0 [B, H], dc0 [B, H])``.
+    """
+    dtype = w_h.dtype
+    c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)
+    w_h_t = w_h.T
+    ts = jnp.arange(cs.shape[0], dtype=jnp.int32)
+
+    def body(carry, inputs):
+        dh_next, dc_next = carry
+        a, c, c_prev, dh_out, t = inputs
+        i, f, g, o = (_f32(x) for x in a)
+        c, c_prev = _f32(c), _f32(c_prev)
+        ok = None if valid is None else valid[t]
+        dh = _f32(dh_next) + _f32(_keep(ok, dh_out, jnp.zeros_like(dh_out)))
+        tc = jnp.tanh(c)
+        dc = _f32(dc_next) + dh * o * (1.0 - tc * tc)
+        dz = jnp.concatenate([dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f),
+                              dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], axis=-1).astype(dtype)
+        if ok is not None:
+            dz = jnp.where(ok, dz, jnp.zeros_like(dz))
+        dh_prev = _keep(ok, _matmul(dz, w_h_t), dh).astype(dtype)
+        dc_prev = _keep(ok, dc * f, _f32(dc_next)).astype(dtype)
+        return (dh_prev, dc_prev), dz
+
+    (dh0, dc0), dz = jax.lax.scan(body, (dh_last, dc_last), (acts, cs, c_prevs, dhs, ts),
+                                  reverse=True, unroll=unroll)
+    return dz, dh0, dc0
+
+
+# --- GRU ---------------------------------------------------------------------------------
+
+
+def gru_step(px: Array, rec: Array, b_hn: Array, h_prev: Array):
+    """One reset-after GRU step from ``px = x W_x + b`` and ``rec = h_prev W_h`` (``[B, 3H]``,
+    blocks r, z, n): ``(h, (r, z, n), hn = rec_n + b_hn)``, each ``[B, H]``, in f32."""
+    xr, xz, xn = jnp.split(_f32(px), 3, axis=-1)
+    hr, hz, hn = jnp.split(_f32(rec), 3, axis=-1)
+    hn = hn + _f32(b_hn)
+    r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
+    h = (1.0 - z) * n + z * _f32(h_prev)
+    return h, (r, z, n), hn
+
+
+def gru_recurrence(seq, w_h, b_hn, h0, *, valid=None, w_x=None, b=None, unroll=1):
+    """The reset-after GRU recurrence, keeping what the backward pass needs.
+
+    Args:
+      seq: ``[T, B, 3H]`` input projections, or raw inputs ``[T, B, I]`` with ``w_x``, ``b``.
+      w_h: ``[H, 3H]``; b_hn ``[H]``; h0 ``[B, H]``; valid optional ``[T, B, 1]``.
+
+    Returns:
+      ``(hs [T, B, H], acts (r, z, n) each [T, B, H], hns [T, B, H])`` where ``hns`` is the
+      recurrent candidate term ``h_{t-1} W_hn + b_hn`` the reset gate multiplies.
+    """
+    dtype = w_h.dtype
+    ts = jnp.arange(seq.shape[0], dtype=jnp.int32)
+
+    def body(h_prev, inputs):
+        s, t = inputs
+        px = s if w_x is None else _matmul(s, w_x) + _f32(b)
+        h, acts, hn = gru_step(px, _matmul(h_prev, w_h), b_hn, h_prev)
+        h = _keep(None if valid is None else valid[t], h.astype(dtype), h_prev)
+        return h, (h, tuple(a.astype(dtype) for a in acts), hn.astype(dtype))
+
+    _, (hs, acts, hns) = jax.lax.scan(body, h0, (seq, ts), unroll=unroll)
+    return hs, acts, hns
+
+
+def gru_recurrence_grad(w_h, acts, hns, h_prevs, dhs, dh_last, *, valid=None, unroll=1):
+    """Reverse pass of :func:`gru_recurrence`.
+
+    With ``dh = dhs_t + dh_{t+1}`` and ``a_n = 1 - n^2``: ``dn = dh (1-z) a_n``,
+    ``dr = dn hn r(1-r)``, ``dz = dh (h_{t-1} - n) z(1-z)``; the input side gets
+    ``dpx = [dr, dz, dn]``, the recurrent side ``drec = [dr, dz, dn r]``, and
+    ``dh_{t-1} = dh z + drec W_h^T``.
+
+    Args:
+      w_h: ``[H, 3H]``; acts ``(r, z, n)`` each ``[T, B, H]``; hns ``[T, B, H]``; h_prevs ``[T, B, H]`` (the
+      carry entering each step); dhs ``[T, B, H]``; dh_last ``[B, H]``; valid optional.
+
+    Returns:
+      ``(dpx [T, B, 3H], drec [T, B, 3H], dh0 [B, H])``.
+    """
+    dtype = w_h.dtype
+    w_h_t = w_h.T
+    ts = jnp.arange(hns.shape[0], dtype=jnp.int32)
+
+    def body(dh_next, inputs):
+        a, hn, h_prev, dh_out, t = inputs
+        r, z, n = (_f32(x) for x in a)
+        ok = None if valid is None else valid[t]
+        dh = _f32(dh_next) + _f32(_keep(ok, dh_out, jnp.zeros_like(dh_out)))
+        dn = dh * (1.0 - z) * (1.0 - n * n)
+        dr = dn * _f32(hn) * r * (1.0 - r)
+        dzz = dh * (_f32(h_prev) - n) * z * (1.0 - z)
+        dpx = jnp.concatenate([dr, dzz, dn], axis=-1).astype(dtype)
+        drec = jnp.concatenate([dr, dzz, dn * r], axis=-1).astype(dtype)
+        if ok is not None:
+            dpx, drec = jnp.where(ok, dpx, jnp.zeros_like(dpx)), jnp.where(ok, drec, jnp.zeros_like(drec))
+        dh_prev = _keep(ok, dh * z + _matmul(drec, w_h_t), dh).astype(dtype)
+        return dh_prev, (dpx, drec)
+
+    dh0, (dpx, drec) = jax.lax.scan(body, dh_last, (acts, hns, h_prevs, dhs, ts), reverse=True, unroll=unroll)
+    return dpx, drec, dh0
+
+
+# --- the differentiable layers -------------------------------------------------------------
+
+
+def _project_seq(xs, w_x, b, hoist):
+    """What the recurrence scans over, and the (w_x, b) it projects with inside (None if hoisted)."""
+    if hoist:
+        return (_matmul(xs, w_x) + _f32(b)).astype(w_x.dtype), None, None
+    return xs, w_x, b
+
+
+def _input_grads(xs, w_x, dpx):
+    """``(dW_x, db, dxs)`` from the gradient ``dpx [T, B, G*H]`` of the input projection."""
+    dw_x = _weight_grad(xs, dpx, w_x.dtype)
+    db = jnp.sum(_f32(dpx), axis=(0, 1)).astype(w_x.dtype)
+    dxs = _matmul(dpx, w_x.T).astype(xs.dtype)
+    return dw_x, db, dxs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def lstm_layer(w_x, w_h, b, xs, h0, c0, valid, unroll=1, hoist=True):
+    """A vanilla LSTM layer over time with a hand-written backward pass.
+
+    Args:
+      w_x: ``[I, 4H]``; w_h ``[H, 4H]``; b ``[4H]`` (gate blocks i, f, g, o).
+      xs: ``[T, B, I]`` time-major inputs.
+      h0, c0: ``[B, H]`` initial carry.
+      valid: ``[T, B, 1]`` bool step mask (steps past a sequence's length keep the carry and
+        output zeros), or None.
+      unroll: ``lax.scan`` unroll factor; hoist: see :func:`hoist_projection`.
+
+    Returns:
+      ``(ys [T, B, H], (h_last, c_last))``.
+    """
+    return _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, unroll, hoist)[0]
+
+
+def _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, unroll, hoist):
+    seq, wx_in, b_in = _project_seq(xs, w_x, b, hoist)
+    hs, cs, acts = lstm_recurrence(seq, w_h, h0, c0, valid=valid, w_x=wx_in, b=b_in, unroll=unroll)
+    ys = hs if valid is None else jnp.where(valid, hs, jnp.zeros_like(hs))
+    return (ys, (hs[-1], cs[-1])), (w_x, w_h, xs, h0, c0, valid, hs, cs, acts)
+
+
+def _lstm_bwd(unroll, hoist, res, cotangents):
+    w_x, w_h, xs, h0, c0, valid, hs, cs, acts = res
+    dys, (dh_last, dc_last) = cotangents
+    dz, dh0, dc0 = lstm_recurrence_grad(w_h, acts, cs, c0, dys, dh_last, dc_last, valid=valid, unroll=unroll)
+    h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    dw_x, db, dxs = _input_grads(xs, w_x, dz)
+    return dw_x, _weight_grad(h_prevs, dz, w_h.dtype), db, dxs, dh0, dc0, None
+
+
+lstm_layer.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def gru_layer(w_x, w_h, b, b_hn, xs, h0, valid, unroll=1, hoist=True):
+    """A reset-after GRU layer over time with a hand-written backward pass.
+
+    Args:
+      w_x: ``[I, 3H]``; w_h ``[H, 3H]``; b ``[3H]``; b_hn ``[H]`` (blocks r, z, n).
+      xs: ``[T, B, I]``; h0 ``[B, H]``; valid ``[T, B, 1]`` bool or None.
+      unroll: ``lax.scan`` unroll factor; hoist: see :func:`hoist_projection`.
+
+    Returns:
+      ``(ys [T, B, H], h_last [B, H])``.
+    """
+    return _gru_fwd(w_x, w_h, b, b_hn, xs, h0, valid, unroll, hoist)[0]
+
+
+def _gru_fwd(w_x, w_h, b, b_hn, xs, h0, valid, unroll, hoist):
+    seq, wx_in, b_in = _project_seq(xs, w_x, b, hoist)
+    hs, acts, hns = gru_recurrence(seq, w_h, b_hn, h0, valid=valid, w_x=wx_in, b=b_in, unroll=unroll)
+    ys = hs if valid is None else jnp.where(valid, hs, jnp.zeros_like(hs))
+    return (ys, hs[-1]), (w_x, w_h, xs, h0, valid, hs, acts, hns)
+
+
+def _gru_bwd(unroll, hoist, res, cotangents):
+    w_x, w_h, xs, h0, valid, hs, acts, hns = res
+    dys, dh_last = cotangents
+    h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    dpx, drec, dh0 = gru_recurrence_grad(w_h, acts, hns, h_prevs, dys, dh_last, valid=valid, unroll=unroll)
+    dw_x, db, dxs = _input_grads(xs, w_x, dpx)
+    H = w_h.shape[0]
+    db_hn = jnp.sum(_f32(drec[..., 2 * H:]), axis=(0, 1)).astype(w_h.dtype)
+    return dw_x, _weight_grad(h_prevs, drec, w_h.dtype), db, db_hn, dxs, dh0, None
+
+
+gru_layer.defvjp(_gru_fwd, _gru_bwd)
