@@ -42,9 +42,10 @@ class Cell(NamedTuple):
       name: the family name, e.g. ``"lstm"``.
       options: the constructor's keyword arguments, for ``repr`` and interop.
       fused: optional fast path over a whole sequence, used by :func:`lstm_jax.unroll`:
-        ``fused(params, xs[T, B, I], carry, valid, unroll) -> (ys[T, B, O], carry)`` with
-        carry leaves ``[B, n]`` and ``valid`` a ``[T, B, 1]`` bool step mask or None. It must
-        compute exactly what scanning ``recur`` computes (see :mod:`lstm_jax.fused`).
+        ``fused(params, xs[T, B, I], carry, valid, unroll, kernel="xla") -> (ys[T, B, O], carry)``
+        with carry leaves ``[B, n]``, ``valid`` a ``[T, B, 1]`` bool step mask or None and
+        ``kernel`` ``"xla"`` or ``"pallas"`` (raising where unsupported). It must compute
+        exactly what scanning ``recur`` computes (see :mod:`lstm_jax.fused`).
     """
 
     init: Callable[..., Params]

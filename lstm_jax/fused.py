@@ -256,8 +256,11 @@ def _input_grads(xs, w_x, dpx):
     return dw_x, db, dxs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def lstm_layer(w_x, w_h, b, xs, h0, c0, valid, unroll=1, hoist=True):
+KERNELS = ("xla", "pallas")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def lstm_layer(w_x, w_h, b, xs, h0, c0, valid, unroll=1, hoist=True, kernel="xla"):
     """A vanilla LSTM layer over time with a hand-written backward pass.
 
     Args:
@@ -267,24 +270,41 @@ def lstm_layer(w_x, w_h, b, xs, h0, c0, valid, unroll=1, hoist=True):
       valid: ``[T, B, 1]`` bool step mask (steps past a sequence's length keep the carry and
         output zeros), or None.
       unroll: ``lax.scan`` unroll factor; hoist: see :func:`hoist_projection`.
+      kernel: ``"xla"`` (the scans above) or ``"pallas"`` (the recurrences as Pallas kernels,
+        :mod:`lstm_jax.pallas_lstm`: always hoisted, no ``valid`` mask, ``unroll`` ignored;
+        interpret mode off the GPU).
 
     Returns:
       ``(ys [T, B, H], (h_last, c_last))``.
     """
-    return _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, unroll, hoist)[0]
+    return _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, unroll, hoist, kernel)[0]
 
 
-def _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, unroll, hoist):
-    seq, wx_in, b_in = _project_seq(xs, w_x, b, hoist)
-    hs, cs, acts = lstm_recurrence(seq, w_h, h0, c0, valid=valid, w_x=wx_in, b=b_in, unroll=unroll)
+def _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, unroll, hoist, kernel):
+    if kernel == "pallas":
+        from lstm_jax import pallas_lstm
+
+        seq, _, _ = _project_seq(xs, w_x, b, True)
+        hs, cs, acts = pallas_lstm.lstm_forward_pallas(seq, w_h, h0, c0)
+        acts = tuple(jnp.split(acts, 4, axis=-1))
+    else:
+        seq, wx_in, b_in = _project_seq(xs, w_x, b, hoist)
+        hs, cs, acts = lstm_recurrence(seq, w_h, h0, c0, valid=valid, w_x=wx_in, b=b_in, unroll=unroll)
     ys = hs if valid is None else jnp.where(valid, hs, jnp.zeros_like(hs))
     return (ys, (hs[-1], cs[-1])), (w_x, w_h, xs, h0, c0, valid, hs, cs, acts)
 
 
-def _lstm_bwd(unroll, hoist, res, cotangents):
+def _lstm_bwd(unroll, hoist, kernel, res, cotangents):
     w_x, w_h, xs, h0, c0, valid, hs, cs, acts = res
     dys, (dh_last, dc_last) = cotangents
-    dz, dh0, dc0 = lstm_recurrence_grad(w_h, acts, cs, c0, dys, dh_last, dc_last, valid=valid, unroll=unroll)
+    if kernel == "pallas":
+        from lstm_jax import pallas_lstm
+
+        dz, dh0, dc0 = pallas_lstm.lstm_backward_pallas(w_h, jnp.concatenate(acts, axis=-1), cs, c0, dys,
+                                                        dh_last, dc_last)
+    else:
+        dz, dh0, dc0 = lstm_recurrence_grad(w_h, acts, cs, c0, dys, dh_last, dc_last, valid=valid,
+                                            unroll=unroll)
     h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     dw_x, db, dxs = _input_grads(xs, w_x, dz)
     return dw_x, _weight_grad(h_prevs, dz, w_h.dtype), db, dxs, dh0, dc0, None

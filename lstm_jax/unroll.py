@@ -104,7 +104,7 @@ def _fused_blockers(cell: Cell, T: int, return_carries, return_gates, remat_chun
     return reasons
 
 
-def _fused_unroll(cell: Cell, params, xs_tm, carry, lengths, reverse, time_major, unroll):
+def _fused_unroll(cell: Cell, params, xs_tm, carry, lengths, reverse, time_major, unroll, kernel):
     """``unroll`` through ``cell.fused``: flattens the batch axes, runs, restores the layout."""
     jax.eval_shape(cell.project, params, xs_tm)  # the same argument checks as the scan path
     T, batch_shape = xs_tm.shape[0], xs_tm.shape[1:-1]
@@ -115,7 +115,7 @@ def _fused_unroll(cell: Cell, params, xs_tm, carry, lengths, reverse, time_major
         valid = (jnp.arange(T, dtype=jnp.int32)[:, None] < lengths.reshape(-1)[None, :])[..., None]
     elif reverse:
         xs_flat = xs_flat[::-1]
-    ys, carry = cell.fused(params, xs_flat, jax.tree_util.tree_map(flat, carry), valid, unroll)
+    ys, carry = cell.fused(params, xs_flat, jax.tree_util.tree_map(flat, carry), valid, unroll, kernel)
     if reverse and lengths is None:
         ys = ys[::-1]
     elif reverse:
@@ -207,8 +207,11 @@ def unroll(
         :mod:`lstm_jax.fused`) and the call asks for nothing it does not give
         (``return_carries``, ``return_gates``, ``remat_chunk``); otherwise the generic scan.
         ``"scan"`` always takes the generic scan of ``cell.recur`` (differentiated by JAX);
-        ``"fused"`` insists on the fast path and raises if it cannot be used. Both paths
-        compute the same function, equal up to floating-point rounding.
+        ``"fused"`` insists on the fast path and raises if it cannot be used; ``"pallas"`` is
+        the fused LSTM path with its recurrence as Pallas kernels
+        (:mod:`lstm_jax.pallas_lstm`; LSTM only, no ``lengths``; interpret mode off the GPU;
+        opt-in, since its GPU speed is unmeasured). All compute the same function, equal up
+        to floating-point rounding.
 
     Returns:
       ``(ys, carry)`` where ``ys`` is ``[..., T, O]`` (``[T, ..., O]`` if ``time_major``) and
@@ -226,13 +229,14 @@ def unroll(
         remat_chunk = _checks.positive_int("remat_chunk", remat_chunk)
     if not isinstance(unroll, bool):  # True unrolls fully; otherwise steps per loop iteration
         unroll = _checks.positive_int("unroll", unroll)
-    _checks.choice("impl", impl, ("auto", "scan", "fused"))
+    _checks.choice("impl", impl, ("auto", "scan", "fused", "pallas"))
     blockers = _fused_blockers(cell, T, return_carries, return_gates, remat_chunk)
-    if impl == "fused" and blockers:
-        raise ValueError(f"`impl='fused'` cannot be used here: {'; '.join(blockers)}. "
+    if impl in ("fused", "pallas") and blockers:
+        raise ValueError(f"`impl={impl!r}` cannot be used here: {'; '.join(blockers)}. "
                          "Use impl='auto' to fall back to the generic scan.")
     if impl != "scan" and not blockers:
-        return _fused_unroll(cell, params, xs_tm, carry, lengths, reverse, time_major, unroll)
+        kernel = "pallas" if impl == "pallas" else "xla"
+        return _fused_unroll(cell, params, xs_tm, carry, lengths, reverse, time_major, unroll, kernel)
 
     recur = cell.recur_with_gates if return_gates else cell.recur
     ts = jnp.arange(T, dtype=jnp.int32)

@@ -110,7 +110,9 @@ def gru(
             return GRUState(h), h, {"reset": r, "update": z, "candidate": n, "hidden": h}
         return GRUState(h), h
 
-    def fused_unroll(params, xs, carry, valid, unroll):
+    def fused_unroll(params, xs, carry, valid, unroll, kernel="xla"):
+        if kernel != "xla":
+            raise ValueError(f"gru has no {kernel!r} kernel; use impl='fused' (XLA).")
         ys, h = fused.gru_layer(params.w_x, params.w_h, params.b, params.b_hn, xs, carry.hidden, valid,
                                 unroll, fused.hoist_projection())
         return ys, GRUState(h)

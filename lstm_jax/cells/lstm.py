@@ -261,10 +261,12 @@ def lstm(
         seen = {k: v for k, v in acts.items() if v is not None}
         return new, h, dict(seen, cell=c, hidden=h)
 
-    def fused_unroll(params, xs, carry, valid, unroll):
+    def fused_unroll(params, xs, carry, valid, unroll, kernel="xla"):
         check_layer_norm(params)
+        if kernel == "pallas" and valid is not None:
+            raise ValueError("the Pallas LSTM kernel takes no `lengths`; use impl='fused' (XLA) for padded batches.")
         ys, (h, c) = fused.lstm_layer(params.w_x, params.w_h, params.b, xs, carry.hidden, carry.cell, valid,
-                                      unroll, fused.hoist_projection())
+                                      unroll, fused.hoist_projection(), kernel)
         return ys, LSTMState(hidden=h, cell=c)
 
     # The hand-written backward covers the cell of the article: four gates, tanh, nothing else.
