@@ -10,8 +10,12 @@ ratios compare implementations measured minutes apart on the same machine.
 
 Implementations (those that cannot run here are skipped with the reason printed):
 
-- ``lstm_jax``: ``unroll(lstm(H) | gru(H), params, xs, unroll=u)``, at ``--unroll`` (the
-  reference for the ratios) and at every factor of ``--unrolls``;
+- ``lstm_jax``: ``unroll(lstm(H) | gru(H), params, xs, unroll=u)`` with the default
+  ``impl="auto"`` (the fused path with the hand-written backward), at ``--unroll`` (the
+  reference for the ratios) and at every factor of ``--unrolls``; plus one row per further
+  ``--impls`` entry at ``--unroll``: ``scan`` (the generic scan, differentiated by JAX: what
+  the fused path is measured against) and, for the LSTM, ``pallas`` (the Pallas kernels;
+  interpret mode off the GPU, so only meaningful on a GPU);
 - ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H) | nn.GRUCell(H), unroll=--unroll)``;
 - ``equinox``: ``eqx.nn.LSTMCell | GRUCell`` in ``jax.lax.scan(unroll=--unroll)``, vmapped
   over the batch (Equinox's documented pattern);
@@ -28,6 +32,9 @@ of its size). The floor printed under the table is the time those FLOPs take as 
     JAX_PLATFORMS=cpu python experiments/benchmark.py     # CPU anchors (32,128,256), (8,500,128)
     python experiments/benchmark.py                       # on a GPU: GPU anchors, float32 and bfloat16
     python experiments/benchmark.py --sizes 16x64x128 --cells lstm --unrolls 1,2,4,8,16 --repeats 30
+
+Writes the JSON (``--out``) and, when matplotlib is installed, a plot of forward+backward time
+per implementation and size next to it (``--plot``).
 
 Reads top to bottom: arguments, builders (one per implementation), the weight check, the
 timing helper, then main (sweep, table, JSON).
@@ -79,6 +86,10 @@ def parse_args(argv=None):
                    help="lax.scan unroll factor for ours (the ratios' reference) and for Flax and Equinox")
     p.add_argument("--unrolls", default="1,4,8",
                    help="comma-separated further unroll factors to time ours at ('' for none)")
+    p.add_argument("--impls", default=None,
+                   help="comma-separated further implementations of ours, from scan,fused,pallas "
+                        "(default scan on CPU; scan,pallas on GPU)")
+    p.add_argument("--plot", default=None, help="PNG path (default: --out with .png; '' for none)")
     p.add_argument("--peers", default="flax,equinox,torch,torch-cudnn,jax-cudnn",
                    help="comma-separated peers to run (default all; those that cannot run are skipped)")
     p.add_argument("--torch-threads", type=int, default=None,
@@ -101,6 +112,13 @@ def parse_args(argv=None):
     args.cells = args.cells.split(",")
     args.dtypes = (args.dtypes or ("float32,bfloat16" if on_gpu else "float32")).split(",")
     args.peers = [n for n in args.peers.split(",") if n]
+    args.impls = [n for n in (args.impls if args.impls is not None else
+                              ("scan,pallas" if on_gpu else "scan")).split(",") if n]
+    unknown = [n for n in args.impls if n not in ("scan", "fused", "pallas")]
+    if unknown:
+        p.error(f"--impls: unknown {unknown}; choose from ['fused', 'pallas', 'scan']")
+    if args.plot is None:
+        args.plot = str(pathlib.Path(args.out).with_suffix(".png"))
     for flag, names, known in (("--cells", args.cells, CELLS), ("--dtypes", args.dtypes, DTYPES),
                                ("--peers", args.peers, PEERS)):
         unknown = [n for n in names if n not in known]
@@ -169,12 +187,15 @@ def jax_impl(name: str, apply: Callable, weights: Any, xs: jax.Array, note: str 
                 lambda: jax.block_until_ready(fwd_bwd(weights, xs)), outputs, note)
 
 
-def build_ours(p: Problem, unroll: int) -> Impl:
-    def apply(params, xs):
-        return lj.unroll(p.cell, params, xs, unroll=unroll)[0]
+def build_ours(p: Problem, unroll: int, impl: str = "auto") -> Impl:
+    if impl == "pallas" and p.cell_name != "lstm":
+        raise Skip("the Pallas kernels are LSTM only")
 
-    return jax_impl(OURS if unroll == p.unroll else f"{OURS} unroll={unroll}", apply, p.params, p.xs,
-                    note=f"unroll={unroll}")
+    def apply(params, xs):
+        return lj.unroll(p.cell, params, xs, unroll=unroll, impl=impl)[0]
+
+    name = OURS + ("" if impl == "auto" else f" {impl}") + ("" if unroll == p.unroll else f" unroll={unroll}")
+    return jax_impl(name, apply, p.params, p.xs, note=f"impl={impl}, unroll={unroll}")
 
 
 def _blocks(w, n):
@@ -434,9 +455,10 @@ def main(argv=None):
                 ref_out = impls[0].outputs()
                 tol = args.tol if dtype == "float32" else args.tol_bf16
                 status = {impls[0].name: "ref"}
-                for name in args.peers:
+                ours_extra = {f"{OURS} {n}": (lambda p, n=n: build_ours(p, p.unroll, n)) for n in args.impls}
+                for name in [*ours_extra, *args.peers]:
                     try:
-                        impl = PEERS[name](p)
+                        impl = ours_extra[name](p) if name in ours_extra else PEERS[name](p)
                         result = check(ref_out, impl, tol)
                     except Skip as e:
                         print(f"  {name}: skipped: {e}", flush=True)
@@ -519,7 +541,46 @@ def main(argv=None):
     )
     out = write_json(args.out, dict(meta=meta, rows=rows, checks=checks, skipped=skipped, floors=floors))
     print(f"\nwrote {out}")
+    if args.plot:
+        plot(rows, args.plot, meta)
     return rows
+
+
+def plot(rows, path, meta):
+    """Forward+backward median time per implementation, one group of bars per (cell, size, dtype)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install -e '.[plots]')")
+        return
+    groups = list(dict.fromkeys((r["cell"], r["B"], r["T"], r["H"], r["dtype"]) for r in rows))
+    names = list(dict.fromkeys(r["impl"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(groups) + 4), 4.5), sharey=False)
+    width = 0.8 / len(names)
+    for ax, mode in zip(axes, ("fwd", "fwd_bwd")):
+        for k, name in enumerate(names):
+            xs, ys = [], []
+            for g, key in enumerate(groups):
+                match = [r for r in rows if r["impl"] == name and (r["cell"], r["B"], r["T"], r["H"], r["dtype"]) == key]
+                if match:
+                    xs.append(g + (k - (len(names) - 1) / 2) * width)
+                    ys.append(match[0][mode]["median_ms"])
+            ax.bar(xs, ys, width, label=name)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([f"{c} {b}×{t}×{h}\n{d}" for c, b, t, h, d in groups], fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("median ms (log)")
+        ax.set_title({"fwd": "forward", "fwd_bwd": "forward + backward"}[mode])
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{meta['device']}, {meta['date'][:10]} (lower is better)", fontsize=9)
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
