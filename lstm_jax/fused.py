@@ -27,13 +27,11 @@ Shapes here are time-major with the batch flattened: ``[T, B, *]``.
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-Recurrence = Callable[..., tuple]
 
 
 def hoist_projection() -> bool:
