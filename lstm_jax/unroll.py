@@ -92,9 +92,9 @@ def _chunked_scan(cell: Cell, params, body, carry, xs_tm, chunk: int, reverse: b
     return carry, jax.tree_util.tree_map(from_chunks, outs)
 
 
-def _fused_blockers(cell: Cell, T: int, return_carries, return_gates, remat_chunk) -> list[str]:
+def _fused_blockers(cell: Cell, xs_shape, return_carries, return_gates, remat_chunk) -> list[str]:
     """Why the cell's fused fast path cannot serve this call (empty if it can)."""
-    reasons = [] if T else ["`xs` has no time steps"]
+    reasons = [] if 0 not in xs_shape else ["`xs` is empty (no steps or no sequences)"]
     if cell.fused is None:
         reasons.append(f"{cell!r} has no fused path (only lstm(H) and gru(H) without variants do)")
     for flag, on in (("return_carries", return_carries), ("return_gates", return_gates),
@@ -230,7 +230,7 @@ def unroll(
     if not isinstance(unroll, bool):  # True unrolls fully; otherwise steps per loop iteration
         unroll = _checks.positive_int("unroll", unroll)
     _checks.choice("impl", impl, ("auto", "scan", "fused", "pallas"))
-    blockers = _fused_blockers(cell, T, return_carries, return_gates, remat_chunk)
+    blockers = _fused_blockers(cell, jnp.shape(xs), return_carries, return_gates, remat_chunk)
     if impl in ("fused", "pallas") and blockers:
         raise ValueError(f"`impl={impl!r}` cannot be used here: {'; '.join(blockers)}. "
                          "Use impl='auto' to fall back to the generic scan.")
