@@ -1,66 +1,142 @@
-"""The cell contract shared by every recurrent cell in the library.
+"""The cell contract: :class:`Cell`, its :class:`CellConfig` and :class:`SequenceForm`.
 
-A :class:`Cell` is a NamedTuple of pure functions, in the style of optax's
-``GradientTransformation`` and stax's ``(init_fn, apply_fn)`` pairs. Splitting the
-input projection (``project``) from the recurrence (``recur``) lets :func:`lstm_jax.unroll`
-do one large matmul for all time steps before the scan, so the scan body carries only
-``h @ W_h`` and elementwise work.
+A :class:`Cell` is a NamedTuple of pure functions closed over a frozen, hashable
+configuration, in the style of optax's ``GradientTransformation``. Splitting the input
+projection (``project``) from the recurrence (``recur``) lets :func:`lstm_jax.unroll` do one
+large matmul for all time steps before the scan, so the scan body carries only the recurrent
+matmul and elementwise work. Cells compare and hash by their config, so a cell can be a
+``jax.jit`` static argument or a field of a Flax or Equinox module.
 
-Shapes use ``...`` for any leading batch shape (including none), ``I`` for the input
-size, ``H`` for the hidden size and ``O`` for the output size (``H`` unless the cell
-projects its output, as an LSTM with ``proj_size`` does).
+Shapes use ``...`` for any leading batch shape (including none), ``T`` for time, ``I`` for
+the input size, ``H`` for the hidden size and ``O`` for the output size (``H`` unless the
+cell projects its output, as an LSTM with ``proj_size`` does).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+import dataclasses
+import types
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 Array = jax.Array
-PRNGKey = jax.Array
-Params = Any  # a NamedTuple of arrays (fields may be None where an option is off)
+Params = Any  # a NamedTuple of arrays (fields are None where an option is off)
 Carry = Any  # a NamedTuple of arrays, each with the batch shape in front
 Gates = Mapping[str, Array]  # per-step activations by name, each [..., H]
 
+NO_FORMS: Mapping[str, "SequenceForm"] = types.MappingProxyType({})
 
-class Cell(NamedTuple):
-    """A recurrent cell: pure functions plus the hyper-parameters they close over.
 
-    Attributes:
-      init: ``init(key, input_size, *, dtype=jnp.float32) -> params``.
-      init_carry: ``init_carry(params, batch_shape=()) -> carry`` of zeros.
-      project: ``project(params, xs[..., I]) -> px``: the input-dependent part of every
-        step, for any number of leading axes (all time steps at once in ``unroll``).
-      recur: ``recur(params, carry, px_t) -> (carry, y_t[..., O])``: the recurrent part.
-      recur_with_gates: like ``recur`` but returns ``(carry, y_t, gates)`` where ``gates``
-        maps names (e.g. ``"input"``, ``"forget"``) to ``[..., H]`` activations. Only
-        traced when asked for, so the default path pays nothing for it.
-      hidden_size: ``H``.
-      output_size: ``O``, the size of ``y_t``.
-      name: the family name, e.g. ``"lstm"``.
-      options: the constructor's keyword arguments, for ``repr`` and interop.
-      fused: optional fast path over a whole sequence, used by :func:`lstm_jax.unroll`:
-        ``fused(params, xs[T, B, I], carry, valid, unroll, kernel="xla") -> (ys[T, B, O], carry)``
-        with carry leaves ``[B, n]``, ``valid`` a ``[T, B, 1]`` bool step mask or None and
-        ``kernel`` ``"xla"`` or ``"pallas"`` (raising where unsupported). It must compute
-        exactly what scanning ``recur`` computes (see :mod:`lstm_jax.fused`).
+class CellConfig:
+    """Base of every cell family's hyper-parameters: a frozen, hashable dataclass.
+
+    Subclasses are ``@dataclasses.dataclass(frozen=True, repr=False)`` with ``hidden_size``
+    as their first field, validate themselves in ``__post_init__`` (so a config that exists
+    is a valid one) and build their cell with :meth:`build`. ``constructor`` names the
+    function users call (``"lstm"``), which ``repr`` uses: ``lstm(64, peephole=True)``.
     """
 
+    constructor: ClassVar[str] = "cell"
+    hidden_size: int
+
+    @property
+    def output_size(self) -> int:
+        """``O``, the size of ``y_t`` (``H`` unless the family says otherwise)."""
+        return self.hidden_size
+
+    def build(self) -> "Cell":
+        """The :class:`Cell` this config describes."""
+        raise NotImplementedError
+
+    def replace(self, **changes: Any) -> "CellConfig":
+        """A copy with ``changes`` (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        parts = [repr(self.hidden_size)]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "hidden_size" and value != f.default:
+                parts.append(f"{f.name}={value!r}")
+        return f"{self.constructor}({', '.join(parts)})"
+
+
+class Resets(NamedTuple):
+    """What a :class:`SequenceForm` gets for ``resets``: where, and to what."""
+
+    where: Array  # [T, B] bool: reset the carry before this step (reading order; only valid steps)
+    carry: Carry  # leaves [B, ...]: the carry a reset restores
+
+
+class SequenceForm(NamedTuple):
+    """A whole-sequence evaluator of a cell (fused XLA, Pallas, parallel scan).
+
+    ``run(params, xs, carry, *, valid, resets, unroll) -> (ys, carry)`` computes exactly what
+    scanning ``recur`` computes, time-major with the batch flattened: ``xs`` leaves
+    ``[T, B, ...]`` (the raw inputs, in reading order: :func:`lstm_jax.unroll` has already
+    reversed them where needed), ``carry`` leaves ``[B, ...]``, ``valid`` a ``[T, B]`` bool
+    mask or None (invalid steps keep the carry and output zeros), ``resets`` a
+    :class:`Resets` or None, ``unroll`` the ``lax.scan`` unroll factor. It returns ``ys``
+    ``[T, B, O]`` and the final carry. :func:`lstm_jax.unroll` does layout, checks, lengths,
+    reverse and resets once for the scan and every form.
+
+    Attributes:
+      run: the evaluator.
+      lengths: whether ``run`` takes a ``valid`` mask.
+      resets: whether ``run`` takes ``resets``.
+      auto: whether ``unroll(impl="auto")`` picks this form when it can serve the call.
+      note: one line on what the form is, for error messages and docs.
+    """
+
+    run: Callable[..., tuple[Any, Carry]]
+    lengths: bool = True
+    resets: bool = True
+    auto: bool = False
+    note: str = ""
+
+
+class Cell(NamedTuple):
+    """A recurrent cell: its config plus pure functions over params, carry and inputs.
+
+    Attributes:
+      config: the frozen, hashable :class:`CellConfig`; cells are equal (and hash equally)
+        exactly when their configs are, and ``repr`` comes from it.
+      init: ``init(key, input_size, *, dtype=jnp.float32) -> params``, a NamedTuple of arrays.
+      init_carry: ``init_carry(params, batch_shape=()) -> carry`` of zeros, leaves ``[..., *]``.
+      project: ``project(params, xs) -> px``: the input-dependent part of every step, for any
+        number of leading axes (all time steps at once in ``unroll``). ``xs`` is ``[..., I]``
+        or, for composite cells, a pytree whose leaves share the leading axes.
+      recur: ``recur(params, carry, px_t, *, aux=False) -> (carry, y_t)``, or with ``aux``
+        ``(carry, y_t, gates)`` where ``gates`` maps names (``"input"``, ``"forget"``...) to
+        ``[..., H]`` activations. ``y_t`` is ``[..., O]`` or a pytree of ``[..., *]`` leaves.
+      forms: whole-sequence evaluators by name (``"fused"``, ``"pallas"``, ``"parallel"``),
+        each a :class:`SequenceForm`; :func:`lstm_jax.unroll`'s ``impl`` picks one.
+      noise: optional ``noise(key, xs) -> xs``: draws the cell's per-step randomness (the
+        depth-gated LSTM's dropout masks) into its inputs; layers call it when given a key.
+
+    The functions assume checked arguments: :func:`lstm_jax.unroll`, :meth:`step` and every
+    layer check params, inputs and carries once, so cell bodies are equations only.
+    """
+
+    config: CellConfig
     init: Callable[..., Params]
     init_carry: Callable[..., Carry]
-    project: Callable[[Params, Array], Any]
-    recur: Callable[[Params, Carry, Any], tuple[Carry, Array]]
-    recur_with_gates: Callable[[Params, Carry, Any], tuple[Carry, Array, Gates]]
-    hidden_size: int
-    output_size: int
-    name: str
-    options: Mapping[str, Any]
-    fused: Callable[..., tuple[Array, Carry]] | None = None
+    project: Callable[..., Any]
+    recur: Callable[..., tuple]
+    forms: Mapping[str, SequenceForm] = NO_FORMS
+    noise: Callable[..., Any] | None = None
 
-    def step(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
-        """One time step from raw input: ``recur(params, carry, project(params, x))``.
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def output_size(self) -> int:
+        return self.config.output_size
+
+    def step(self, params: Params, carry: Carry, x: Any) -> tuple[Carry, Any]:
+        """One time step from raw input, with params, input and carry checked.
 
         Args:
           params: the cell's parameters.
@@ -70,100 +146,21 @@ class Cell(NamedTuple):
         Returns:
           ``(carry, y)`` with ``y`` of shape ``[..., O]``.
         """
+        from lstm_jax import _checks  # the contract module imports no machinery at import time
+
+        batch_shape = _checks.step_arguments(self, params, carry, x)
+        del batch_shape
         return self.recur(params, carry, self.project(params, x))
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cell) and type(self.config) is type(other.config) \
+            and self.config == other.config
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((Cell, self.config))
+
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return f"{self.name}({opts})"
-
-
-def make_cell(
-    *,
-    name: str,
-    options: Mapping[str, Any],
-    hidden_size: int,
-    output_size: int,
-    init: Callable[..., Params],
-    init_carry: Callable[..., Carry],
-    project: Callable[[Params, Array], Any],
-    recur_impl: Callable[[Params, Carry, Any, bool], tuple],
-    fused: Callable[..., tuple[Array, Carry]] | None = None,
-) -> Cell:
-    """Builds a :class:`Cell` from one recurrence implementation.
-
-    ``recur_impl(params, carry, px, with_gates)`` returns ``(carry, y)`` or, when
-    ``with_gates`` is true, ``(carry, y, gates)``; ``with_gates`` is a Python bool so the
-    two paths trace separately. ``fused`` is the optional whole-sequence fast path.
-    """
-
-    def recur(params, carry, px):
-        return recur_impl(params, carry, px, False)
-
-    def recur_with_gates(params, carry, px):
-        return recur_impl(params, carry, px, True)
-
-    return Cell(
-        init=init,
-        init_carry=init_carry,
-        project=project,
-        recur=recur,
-        recur_with_gates=recur_with_gates,
-        hidden_size=hidden_size,
-        output_size=output_size,
-        name=name,
-        options=dict(options),
-        fused=fused,
-    )
-
-
-def zeros_carry(carry_type, sizes: Mapping[str, int], dtype, batch_shape=()):
-    """A carry NamedTuple of zeros: field ``name`` gets shape ``[*batch_shape, sizes[name]]``."""
-    batch_shape = tuple(batch_shape)
-    return carry_type(**{k: jnp.zeros(batch_shape + (n,), dtype) for k, n in sizes.items()})
-
-
-ACTIVATIONS: Mapping[str, Callable[[Array], Array]] = {
-    "tanh": jnp.tanh,
-    "relu": jax.nn.relu,
-    "sigmoid": jax.nn.sigmoid,
-    "identity": lambda x: x,
-}
-
-
-@jax.custom_vjp
-def clip_gradient(x: Array, bound: Array) -> Array:
-    """Identity on the way forward; clips the incoming gradient to ``[-bound, bound]``.
-
-    This is the "derivative clipping" of Graves 2013 (sec. 4): applied to a cell's gate
-    pre-activations, it bounds the error signal entering the gates at every step without
-    touching the forward computation. ``bound`` gets no gradient.
-    """
-    del bound
-    return x
-
-
-def _clip_gradient_fwd(x, bound):
-    return x, bound
-
-
-def _clip_gradient_bwd(bound, g):
-    bound = jnp.asarray(bound, g.dtype)
-    return jnp.clip(g, -bound, bound), jnp.zeros_like(bound)
-
-
-clip_gradient.defvjp(_clip_gradient_fwd, _clip_gradient_bwd)
-
-
-def layer_norm(x: Array, gain: Array, bias: Array | None = None, eps: float = 1e-5) -> Array:
-    """Normalises ``x[..., n]`` over its last axis, then scales by ``gain [n]`` (and shifts by
-    ``bias [n]``); statistics in at least float32, result in ``x``'s dtype."""
-    xf = x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x  # bf16/f16 stats in f32
-    mean = jnp.mean(xf, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-    y = ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype) * gain
-    return y if bias is None else y + bias
-
-
-def split_blocks(pre: Array, names: tuple[str, ...]) -> dict[str, Array]:
-    """Splits ``pre[..., G*H]`` into ``{name: [..., H]}`` for the ``G`` gate ``names``."""
-    return dict(zip(names, jnp.split(pre, len(names), axis=-1)))
+        return repr(self.config)

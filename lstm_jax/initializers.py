@@ -19,10 +19,15 @@ Defaults used by the cells, and why:
 :func:`pytorch_uniform` reproduces PyTorch's ``U(-1/sqrt(H), 1/sqrt(H))`` for every
 weight and bias; pass it as ``kernel_init``, ``recurrent_init`` and ``bias_init`` (and
 ``forget_bias=0.0``) to match PyTorch's initial distribution.
+
+The initialisers defined here are frozen dataclasses, so two ``orthogonal(0.5)`` compare
+equal and a cell config that holds one stays equal and hashable by value; any other
+callable works too (and compares by identity).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -37,12 +42,15 @@ zeros = jax.nn.initializers.zeros
 ones = jax.nn.initializers.ones
 
 
-def orthogonal(scale: float = 1.0) -> Initializer:
+@dataclasses.dataclass(frozen=True)
+class Orthogonal:
     """Orthogonal matrices (QR of a Gaussian, signs fixed so the draw is uniform), times
     ``scale``; see Saxe et al. 2014. Computed in at least float32 (LAPACK has no bfloat16
     QR), then cast. A non-square ``[n, m]`` gets orthonormal rows or columns."""
 
-    def init(key, shape, dtype=jnp.float32):
+    scale: float = 1.0
+
+    def __call__(self, key, shape, dtype=jnp.float32):
         if len(shape) != 2:
             raise ValueError(f"orthogonal init needs a 2-D `shape`, got {tuple(shape)}.")
         n, m = shape
@@ -51,29 +59,43 @@ def orthogonal(scale: float = 1.0) -> Initializer:
         q, r = jnp.linalg.qr(a)
         q = q * jnp.sign(jnp.diagonal(r))  # make the decomposition unique
         q = q if n >= m else q.T
-        return (scale * q).astype(dtype)
-
-    return init
+        return (self.scale * q).astype(dtype)
 
 
-def pytorch_uniform(hidden_size: int) -> Initializer:
-    """``U(-1/sqrt(H), 1/sqrt(H))``: PyTorch's init for every RNN/LSTM/GRU weight and bias."""
-    bound = 1.0 / math.sqrt(hidden_size)
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    """``U(-bound, bound)`` for every entry."""
 
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    bound: float
 
-    return init
+    def __call__(self, key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -self.bound, self.bound)
 
 
-def constant(value: float) -> Initializer:
+@dataclasses.dataclass(frozen=True)
+class Constant:
     """Every entry equal to ``value``."""
 
-    def init(key, shape, dtype=jnp.float32):
-        del key
-        return jnp.full(shape, value, dtype)
+    value: float
 
-    return init
+    def __call__(self, key, shape, dtype=jnp.float32):
+        del key
+        return jnp.full(shape, self.value, dtype)
+
+
+def orthogonal(scale: float = 1.0) -> Orthogonal:
+    """The orthogonal initialiser (:class:`Orthogonal`) scaled by ``scale``."""
+    return Orthogonal(float(scale))
+
+
+def pytorch_uniform(hidden_size: int) -> Uniform:
+    """``U(-1/sqrt(H), 1/sqrt(H))``: PyTorch's init for every RNN/LSTM/GRU weight and bias."""
+    return Uniform(1.0 / math.sqrt(hidden_size))
+
+
+def constant(value: float) -> Constant:
+    """Every entry equal to ``value``."""
+    return Constant(float(value))
 
 
 def init_blocks(

@@ -1,18 +1,23 @@
 """Sequence layers built from cells: ``layer``, ``stack`` and ``bidirectional``.
 
-A :class:`Layer` is the cell contract one level up, combinable like ``stax.serial``:
+A :class:`Layer` is a complete sequence model, combinable like ``stax.serial``:
 
 * ``init(key, input_size, *, dtype=jnp.float32) -> params``
-* ``apply(params, xs, carry=None, *, lengths=None, key=None) -> (ys, carry)``
 * ``init_carry(params, batch_shape=()) -> carry``
+* ``apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, return_gates=False)
+  -> (ys, carry)`` (``(ys, carry, gates)`` with ``return_gates``)
+* ``step(params, carry, x_t) -> (carry, y_t)``: one step of a forward layer or stack (dropout
+  off), for generation.
 
-``xs`` is ``[..., T, I]`` (or ``[T, ..., I]`` for a time-major layer) and ``ys`` is
-``[..., T, output_size]``. ``key`` is only consumed by dropout: without it a layer is
-deterministic (evaluation mode).
+``xs`` is ``[..., T, I]`` (``[T, ..., I]`` for a time-major layer) and ``ys`` is
+``[..., T, output_size]``. ``key`` is only consumed by dropout (and by cells that draw noise):
+without it a layer is deterministic (evaluation mode). Layers compare and hash by their
+config, which holds their cells, so a layer can be a ``jit`` static argument.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -32,27 +37,127 @@ MERGES: Mapping[str, Callable[[Array, Array], Array]] = {
 }
 
 
+# ------------------------------------------------------------------------------ configs
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """:func:`layer`: one cell over a sequence, with :func:`lstm_jax.unroll`'s options."""
+
+    cell: Cell
+    reverse: bool = False
+    time_major: bool = False
+    unroll: int | bool = 1
+    impl: str = "auto"
+    remat_chunk: int | None = None
+    learn_initial_carry: bool = False
+
+    @property
+    def output_size(self) -> int:
+        return self.cell.output_size
+
+    def __repr__(self) -> str:
+        opts = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)[1:]
+                if getattr(self, f.name) != f.default]
+        return f"layer({', '.join([repr(self.cell)] + opts)})"
+
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+    """:func:`stack`: layers one after another, dropout between them."""
+
+    layers: tuple["Layer", ...]
+    dropout_rate: float = 0.0
+
+    @property
+    def output_size(self) -> int:
+        return self.layers[-1].output_size
+
+    @property
+    def time_major(self) -> bool:
+        return self.layers[0].time_major
+
+    @property
+    def reverse(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        rate = f", dropout_rate={self.dropout_rate!r}" if self.dropout_rate else ""
+        return f"stack([{', '.join(map(repr, self.layers))}]{rate})"
+
+
+@dataclasses.dataclass(frozen=True)
+class BidirectionalConfig:
+    """:func:`bidirectional`: a forward and a backward layer over the same sequence."""
+
+    forward: "Layer"
+    backward: "Layer"
+    merge: str = "concat"
+
+    @property
+    def output_size(self) -> int:
+        f, b = self.forward.output_size, self.backward.output_size
+        return f + b if self.merge == "concat" else f
+
+    @property
+    def time_major(self) -> bool:
+        return self.forward.time_major
+
+    @property
+    def reverse(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"bidirectional({self.forward!r}, {self.backward!r}, merge={self.merge!r})"
+
+
 class Layer(NamedTuple):
-    """A sequence layer: pure functions plus static facts about it.
+    """A sequence layer: its config plus pure functions (see the module docstring).
 
     Attributes:
-      init: ``init(key, input_size, *, dtype=jnp.float32) -> params``.
-      apply: ``apply(params, xs, carry=None, *, lengths=None, key=None) -> (ys, carry)``.
-      init_carry: ``init_carry(params, batch_shape=()) -> carry`` of zeros.
-      output_size: the last axis of ``ys``.
-      reverse: whether the layer reads its sequence backwards.
-      time_major: whether ``xs``/``ys`` have time first.
-      spec: what the layer is made of (``{"kind": "layer"|"stack"|"bidirectional", ...}``),
-        for interop and ``repr``.
+      config: :class:`LayerConfig`, :class:`StackConfig` or :class:`BidirectionalConfig`;
+        layers are equal (and hash equally) exactly when their configs are.
+      init, init_carry, apply, step: the functions.
     """
 
+    config: Any
     init: Callable[..., Any]
-    apply: Callable[..., tuple[Array, Any]]
     init_carry: Callable[..., Any]
-    output_size: int
-    reverse: bool
-    time_major: bool
-    spec: Mapping[str, Any]
+    apply: Callable[..., tuple]
+    step: Callable[..., tuple]
+
+    @property
+    def output_size(self) -> int:
+        """The last axis of ``ys``."""
+        return self.config.output_size
+
+    @property
+    def time_major(self) -> bool:
+        """Whether ``xs`` and ``ys`` have time first."""
+        return self.config.time_major
+
+    @property
+    def reverse(self) -> bool:
+        """Whether the layer reads its sequence backwards."""
+        return self.config.reverse
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layer) and type(self.config) is type(other.config) and self.config == other.config
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((Layer, self.config))
+
+    def __repr__(self) -> str:
+        return repr(self.config)
+
+
+class LearnedCarryParams(NamedTuple):
+    """Params of ``layer(cell, learn_initial_carry=True)``."""
+
+    cell: Any  # the cell's params
+    initial_carry: Any  # the carry without batch axes; integer leaves (step counters) are None
 
 
 class BidirectionalParams(NamedTuple):
@@ -65,46 +170,7 @@ class BidirectionalCarry(NamedTuple):
     backward: Any
 
 
-def layer(cell: Cell, *, reverse: bool = False, time_major: bool = False, unroll: int | bool = 1) -> Layer:
-    """A sequence layer that unrolls one cell (see :func:`lstm_jax.unroll`).
-
-    Args:
-      cell: the :class:`~lstm_jax.Cell`.
-      reverse: read each sequence backwards (within its length when ``lengths`` is given).
-      time_major: ``xs`` is ``[T, ..., I]`` instead of ``[..., T, I]``.
-      unroll: ``lax.scan`` unroll factor.
-
-    Returns:
-      A :class:`Layer` whose params are the cell's params and whose carry is the cell's carry;
-      ``apply(params, xs[..., T, I]) -> (ys[..., T, O], carry)``.
-    """
-    if not isinstance(cell, Cell):
-        raise TypeError(f"`cell` must be a lstm_jax Cell (e.g. lstm_jax.lstm(64)), got {type(cell).__name__}.")
-
-    def apply(params, xs, carry=None, *, lengths=None, key=None):
-        del key  # a single cell has no dropout
-        return _unroll(cell, params, xs, carry, lengths=lengths, reverse=reverse,
-                       time_major=time_major, unroll=unroll)
-
-    return Layer(init=cell.init, apply=apply, init_carry=cell.init_carry,
-                 output_size=cell.output_size, reverse=reverse, time_major=time_major,
-                 spec={"kind": "layer", "cell": cell, "unroll": unroll})
-
-
-def _as_layer(x: Cell | Layer, name: str, *, reverse: bool = False, time_major: bool = False) -> Layer:
-    if isinstance(x, Layer):
-        return x
-    if isinstance(x, Cell):
-        return layer(x, reverse=reverse, time_major=time_major)
-    raise TypeError(f"`{name}` must be a Cell or a Layer, got {type(x).__name__}.")
-
-
-def _check_tuple(name: str, value: Any, n: int, what: str) -> None:
-    if not isinstance(value, (tuple, list)) or len(value) != n:
-        got = f"a {type(value).__name__} of length {len(value)}" if isinstance(value, (tuple, list)) \
-            else type(value).__name__
-        raise ValueError(f"`{name}` must be a tuple of {n} per-layer {what} (one per stacked layer), got {got}.")
-
+# ------------------------------------------------------------------------------ helpers
 
 def dropout(key: Array, xs: Array, rate: float) -> Array:
     """Inverted dropout: zeroes each entry with probability ``rate`` and scales the rest by
@@ -113,81 +179,251 @@ def dropout(key: Array, xs: Array, rate: float) -> Array:
     return jnp.where(keep, xs / (1.0 - rate), jnp.zeros_like(xs))
 
 
-def stack(layers: Sequence[Cell | Layer], *, dropout_rate: float = 0.0, time_major: bool = False) -> Layer:
+def _split_keys(key, n):
+    if key is None:
+        return [None] * n
+    return list(jax.random.split(_checks.prng_key("key", key), n))
+
+
+def _check_tuple(name: str, value: Any, n: int, what: str) -> None:
+    if not isinstance(value, (tuple, list)) or hasattr(value, "_fields") or len(value) != n:
+        got = f"a {type(value).__name__} of length {len(value)}" if isinstance(value, (tuple, list)) \
+            else type(value).__name__
+        raise ValueError(f"`{name}` must be a tuple of {n} per-layer {what} (one per stacked layer), got {got}.")
+
+
+def _floating(a) -> bool:
+    return jnp.issubdtype(a.dtype, jnp.floating)
+
+
+def _learned_part(carry):
+    """A carry with its integer leaves (step counters: not trainable) replaced by None."""
+    return jax.tree_util.tree_map(lambda a: a if _floating(a) else None, carry)
+
+
+def _with_learned(template, learned, batch):
+    """``template``'s carry with its floating leaves taken from ``learned``, broadcast over ``batch``."""
+    floats = iter(jax.tree_util.tree_leaves(learned))
+    return jax.tree_util.tree_map(
+        lambda t: jnp.broadcast_to(next(floats), t.shape) if _floating(t) else t, template)
+
+
+def _as_layer(x: Cell | "Layer", name: str, **options) -> "Layer":
+    if isinstance(x, Layer):
+        return x
+    if isinstance(x, Cell):
+        return layer(x, **options)
+    raise TypeError(f"`{name}` must be a Cell or a Layer, got {type(x).__name__}.")
+
+
+# ------------------------------------------------------------------------------ layer
+
+def layer(
+    cell: Cell,
+    *,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int | bool = 1,
+    impl: str = "auto",
+    remat_chunk: int | None = None,
+    learn_initial_carry: bool = False,
+) -> Layer:
+    """A sequence layer that unrolls one cell (see :func:`lstm_jax.unroll`).
+
+    Args:
+      cell: the :class:`~lstm_jax.Cell`.
+      reverse: read each sequence backwards (within its length when ``lengths`` is given).
+      time_major: ``xs`` is ``[T, ..., I]`` instead of ``[..., T, I]``.
+      unroll: ``lax.scan`` unroll factor.
+      impl: ``"auto"``, ``"scan"`` or one of the cell's forms (``"fused"``, ``"pallas"``,
+        ``"parallel"``), as in :func:`lstm_jax.unroll`.
+      remat_chunk: chunked rematerialisation, as in :func:`lstm_jax.unroll`.
+      learn_initial_carry: make the initial carry a parameter (zeros at first): params become
+        :class:`LearnedCarryParams` ``(cell, initial_carry)`` and the learned carry is where
+        every sequence starts (unless ``apply`` gets a carry) and what ``resets`` restore.
+        Integer carry leaves (a Clockwork step counter) are not learned.
+
+    Returns:
+      A :class:`Layer` whose params are the cell's params (or :class:`LearnedCarryParams`)
+      and whose carry is the cell's carry; ``apply(params, xs[..., T, I]) -> (ys[..., T, O],
+      carry)``; with ``return_gates=True`` also the gates ``{name: [..., T, H]}``.
+    """
+    if not isinstance(cell, Cell):
+        if isinstance(cell, Layer):
+            raise TypeError(f"`cell` is already a Layer ({cell!r}); pass a Cell such as lstm_jax.lstm(64).")
+        raise TypeError(f"`cell` must be a lstm_jax Cell (e.g. lstm_jax.lstm(64)), got {type(cell).__name__}.")
+    for name, value in (("reverse", reverse), ("time_major", time_major), ("learn_initial_carry", learn_initial_carry)):
+        _checks.boolean(name, value)
+    unroll = _checks.unroll_factor(unroll)
+    if remat_chunk is not None:
+        remat_chunk = _checks.positive_int("remat_chunk", remat_chunk)
+    if not isinstance(impl, str) or (impl not in ("auto", "scan") and impl not in cell.forms):
+        have = ", ".join(repr(n) for n in cell.forms) or "none"
+        raise ValueError(f"`impl` must be 'auto', 'scan' or one of {cell!r}'s forms ({have}), got {impl!r}.")
+    config = LayerConfig(cell, reverse, time_major, unroll, impl, remat_chunk, learn_initial_carry)
+    options = dict(reverse=reverse, time_major=time_major, unroll=unroll, impl=impl, remat_chunk=remat_chunk)
+
+    def split(params, name="params"):
+        """``(cell params, learned initial carry or None)``, checked."""
+        if not learn_initial_carry:
+            return params, None
+        if not isinstance(params, LearnedCarryParams):
+            raise TypeError(f"`{name}` must be LearnedCarryParams (this layer learns its initial carry), "
+                            f"got {type(params).__name__}.")
+        _checks.params(cell, params.cell, name=f"{name}.cell")
+        want = jax.eval_shape(lambda p: _learned_part(cell.init_carry(p, ())), params.cell)
+        _checks.tree_like(f"{name}.initial_carry", params.initial_carry, want, f"the initial carry of {cell!r}")
+        return params.cell, params.initial_carry
+
+    def init(key, input_size, *, dtype=jnp.float32):
+        params = cell.init(key, input_size, dtype=dtype)
+        if not learn_initial_carry:
+            return params
+        return LearnedCarryParams(params, _learned_part(cell.init_carry(params, ())))
+
+    def init_carry(params, batch_shape=()):
+        cell_params, learned = split(params)
+        _checks.params(cell, cell_params, name="params.cell" if learned is not None else "params")
+        carry = cell.init_carry(cell_params, batch_shape)
+        return carry if learned is None else _with_learned(carry, learned, batch_shape)
+
+    def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, return_gates=False):
+        cell_params, learned = split(params)
+        batch = _checks.sequence(cell, cell_params, xs, time_major=time_major,
+                                 name="params.cell" if learned is not None else "params").batch_shape
+        if key is not None and cell.noise is not None:
+            xs = cell.noise(_checks.prng_key("key", key), xs)
+        reset_to = None
+        if learned is not None:
+            start = _with_learned(cell.init_carry(cell_params, batch), learned, batch)
+            carry = start if carry is None else carry
+            reset_to = start if resets is not None else None
+        out = _unroll(cell, cell_params, xs, carry, lengths=lengths, resets=resets, reset_to=reset_to,
+                      return_gates=return_gates, **options)
+        return (out[0], out[1], out[2].gates) if return_gates else out
+
+    def step(params, carry, x):
+        if reverse:
+            raise ValueError(f"{config!r} reads its sequence backwards, so it cannot step forwards one input "
+                             "at a time; use apply on the whole sequence.")
+        cell_params, _ = split(params)
+        return cell.step(cell_params, carry, x)
+
+    return Layer(config=config, init=init, init_carry=init_carry, apply=apply, step=step)
+
+
+# ------------------------------------------------------------------------------ stack
+
+def stack(layers: Sequence[Cell | Layer], *, dropout_rate: float = 0.0, **layer_options: Any) -> Layer:
     """Layers applied one after another, with dropout *between* them (Zaremba et al. 2014).
 
     Args:
-      layers: cells (wrapped with :func:`layer`) or layers; all must share ``time_major``.
+      layers: cells (wrapped with :func:`layer` and ``layer_options``) or layers; all must
+        share ``time_major``.
       dropout_rate: probability of zeroing each entry of the sequence passed from one layer to
-        the next (not after the last). Applied only when ``apply`` is given a ``key``.
-      time_major: layout for the cells given as :class:`Cell` (layers keep their own).
+        the next (not after the last). Applied only when ``apply`` is given a ``key``; never
+        in ``step``.
+      **layer_options: :func:`layer`'s options (``time_major``, ``impl``, ``unroll``,
+        ``remat_chunk``, ...) for the entries given as cells.
 
     Returns:
-      A :class:`Layer` whose params and carry are tuples with one entry per layer.
+      A :class:`Layer` whose params, carry and gates are tuples with one entry per layer.
     """
     if isinstance(layers, (Cell, Layer)):
         raise TypeError(f"`layers` must be a list of cells or layers, got a single {type(layers).__name__}; "
                         "wrap it in a list: stack([...]).")
-    layers = tuple(_as_layer(x, f"layers[{i}]", time_major=time_major) for i, x in enumerate(layers))
+    layers = tuple(_as_layer(x, f"layers[{i}]", **layer_options) for i, x in enumerate(layers))
     if not layers:
         raise ValueError("`layers` must contain at least one cell or layer.")
-    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"`dropout_rate` must lie in [0, 1), got {dropout_rate!r}.")
+    dropout_rate = _checks.rate("dropout_rate", dropout_rate)
     if len({l.time_major for l in layers}) != 1:
         raise ValueError("`layers` must all share one `time_major` setting.")
+    config = StackConfig(layers, dropout_rate)
     n = len(layers)
+
+    def check(params, carry=None):
+        _check_tuple("params", params, n, "parameters")
+        if carry is not None:
+            _check_tuple("carry", carry, n, "carries")
 
     def init(key, input_size, *, dtype=jnp.float32):
         input_size = _checks.positive_int("input_size", input_size)
         params = []
-        for l, k in zip(layers, jax.random.split(key, n)):
+        for l, k in zip(layers, jax.random.split(_checks.prng_key("key", key), n)):
             params.append(l.init(k, input_size, dtype=dtype))
             input_size = l.output_size
         return tuple(params)
 
     def init_carry(params, batch_shape=()):
-        _check_tuple("params", params, n, "parameters")
+        check(params)
         return tuple(l.init_carry(p, batch_shape) for l, p in zip(layers, params))
 
-    def apply(params, xs, carry=None, *, lengths=None, key=None):
-        _check_tuple("params", params, n, "parameters")
-        if carry is None:
-            carry = (None,) * n
-        _check_tuple("carry", carry, n, "carries")
-        keys = jax.random.split(key, 2 * n) if key is not None else [None] * (2 * n)
-        new_carry = []
+    def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, return_gates=False):
+        check(params, carry)
+        carry = (None,) * n if carry is None else carry
+        keys = _split_keys(key, 2 * n)
+        new_carry, gates = [], []
         for i, (l, p, c) in enumerate(zip(layers, params, carry)):
             if i > 0 and dropout_rate > 0.0 and key is not None:
                 xs = dropout(keys[2 * i], xs, dropout_rate)
-            xs, c = l.apply(p, xs, c, lengths=lengths, key=keys[2 * i + 1])
+            out = _in_layer(i, l.apply, p, xs, c, lengths=lengths, resets=resets, key=keys[2 * i + 1],
+                            return_gates=return_gates)
+            xs = out[0]
+            new_carry.append(out[1])
+            if return_gates:
+                gates.append(out[2])
+        return (xs, tuple(new_carry), tuple(gates)) if return_gates else (xs, tuple(new_carry))
+
+    def step(params, carry, x):
+        check(params, carry)
+        new_carry = []
+        for i, (l, p, c) in enumerate(zip(layers, params, carry)):
+            c, x = _in_layer(i, l.step, p, c, x)
             new_carry.append(c)
-        return xs, tuple(new_carry)
+        return tuple(new_carry), x
 
-    return Layer(init=init, apply=apply, init_carry=init_carry, output_size=layers[-1].output_size,
-                 reverse=False, time_major=layers[0].time_major,
-                 spec={"kind": "stack", "layers": layers, "dropout_rate": dropout_rate})
+    return Layer(config=config, init=init, init_carry=init_carry, apply=apply, step=step)
 
 
-def bidirectional(fwd: Cell | Layer, bwd: Cell | Layer, *, merge: str = "concat",
-                  time_major: bool = False) -> Layer:
+def _in_layer(i: int, fn: Callable, *args, **kwargs):
+    """Calls a stacked layer's function; an argument error names the layer's index."""
+    try:
+        return fn(*args, **kwargs)
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        for arg in ("params", "carry"):
+            message = message.replace(f"`{arg}", f"`{arg}[{i}]")
+        if message == str(e):
+            message = f"layers[{i}]: {message}"
+        raise type(e)(message) from e
+
+
+# ------------------------------------------------------------------------------ bidirectional
+
+def bidirectional(fwd: Cell | Layer, bwd: Cell | Layer, *, merge: str = "concat", **layer_options: Any) -> Layer:
     """Runs one layer forwards and one backwards over the same sequence and merges the outputs.
 
     With ``lengths``, the backward layer reverses each sequence within its own length, so a
-    padded batch gives the same outputs as each sequence alone.
+    padded batch gives the same outputs as each sequence alone; with ``resets``, neither
+    direction carries anything across a segment boundary.
 
     Args:
       fwd: the forward cell or layer.
       bwd: the backward cell (wrapped to run in reverse) or a layer built with ``reverse=True``.
       merge: ``"concat"`` (output ``O_f + O_b``), ``"sum"``, ``"mean"`` or ``"mul"``
         (these need ``O_f == O_b``).
-      time_major: layout for arguments given as :class:`Cell`.
+      **layer_options: :func:`layer`'s options for arguments given as cells.
 
     Returns:
-      A :class:`Layer` with :class:`BidirectionalParams` and :class:`BidirectionalCarry`.
+      A :class:`Layer` with :class:`BidirectionalParams` and :class:`BidirectionalCarry`;
+      gates are ``{"forward": ..., "backward": ...}``. It cannot ``step`` (the backward half
+      needs the whole sequence).
     """
     merge_fn = MERGES[_checks.choice("merge", merge, MERGES)]
-    fwd = _as_layer(fwd, "fwd", time_major=time_major)
-    bwd = _as_layer(bwd, "bwd", reverse=True, time_major=time_major)
+    if "reverse" in layer_options:
+        raise ValueError("`reverse` is set by bidirectional itself (forwards for `fwd`, backwards for `bwd`).")
+    fwd = _as_layer(fwd, "fwd", **layer_options)
+    bwd = _as_layer(bwd, "bwd", reverse=True, **layer_options)
     if fwd.reverse or not bwd.reverse:
         raise ValueError("`fwd` must read forwards and `bwd` backwards: pass cells, or "
                          "`layer(cell)` and `layer(cell, reverse=True)`.")
@@ -195,25 +431,36 @@ def bidirectional(fwd: Cell | Layer, bwd: Cell | Layer, *, merge: str = "concat"
         raise ValueError("`fwd` and `bwd` must share one `time_major` setting.")
     if merge != "concat" and fwd.output_size != bwd.output_size:
         raise ValueError(f"merge={merge!r} needs equal output sizes, got {fwd.output_size} and {bwd.output_size}.")
-    output_size = fwd.output_size + bwd.output_size if merge == "concat" else fwd.output_size
+    config = BidirectionalConfig(fwd, bwd, merge)
+
+    def check(params):
+        if not isinstance(params, BidirectionalParams):
+            raise TypeError(f"`params` must be BidirectionalParams (from this layer's init), got {type(params).__name__}.")
 
     def init(key, input_size, *, dtype=jnp.float32):
-        kf, kb = jax.random.split(key)
+        kf, kb = jax.random.split(_checks.prng_key("key", key))
         return BidirectionalParams(fwd.init(kf, input_size, dtype=dtype), bwd.init(kb, input_size, dtype=dtype))
 
     def init_carry(params, batch_shape=()):
+        check(params)
         return BidirectionalCarry(fwd.init_carry(params.forward, batch_shape),
                                   bwd.init_carry(params.backward, batch_shape))
 
-    def apply(params, xs, carry=None, *, lengths=None, key=None):
-        if not isinstance(params, BidirectionalParams):
-            raise TypeError(f"`params` must be BidirectionalParams (from this layer's init), got {type(params).__name__}.")
+    def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, return_gates=False):
+        check(params)
+        if carry is not None and not isinstance(carry, BidirectionalCarry):
+            raise TypeError(f"`carry` must be a BidirectionalCarry (from this layer's init_carry), got "
+                            f"{type(carry).__name__}.")
         carry = carry if carry is not None else BidirectionalCarry(None, None)
-        kf, kb = jax.random.split(key) if key is not None else (None, None)
-        ys_f, c_f = fwd.apply(params.forward, xs, carry[0], lengths=lengths, key=kf)
-        ys_b, c_b = bwd.apply(params.backward, xs, carry[1], lengths=lengths, key=kb)
-        return merge_fn(ys_f, ys_b), BidirectionalCarry(c_f, c_b)
+        kf, kb = _split_keys(key, 2)
+        kw = dict(lengths=lengths, resets=resets, return_gates=return_gates)
+        out_f = fwd.apply(params.forward, xs, carry.forward, key=kf, **kw)
+        out_b = bwd.apply(params.backward, xs, carry.backward, key=kb, **kw)
+        ys, new = merge_fn(out_f[0], out_b[0]), BidirectionalCarry(out_f[1], out_b[1])
+        return (ys, new, {"forward": out_f[2], "backward": out_b[2]}) if return_gates else (ys, new)
 
-    return Layer(init=init, apply=apply, init_carry=init_carry, output_size=output_size,
-                 reverse=False, time_major=fwd.time_major,
-                 spec={"kind": "bidirectional", "forward": fwd, "backward": bwd, "merge": merge})
+    def step(params, carry, x):
+        raise ValueError(f"{config!r} cannot step: its backward half reads the sequence from the end, so it "
+                         "needs the whole sequence; use apply.")
+
+    return Layer(config=config, init=init, init_carry=init_carry, apply=apply, step=step)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import _checks, fused
+from lstm_jax import _checks
 from lstm_jax import initializers as inits
-from lstm_jax.cell import Cell, make_cell, split_blocks
+from lstm_jax.cell import Cell, CellConfig, SequenceForm
+from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
+from lstm_jax.kernels import fused_rnn
+from lstm_jax.ops import split_blocks
 
 Array = jax.Array
 
@@ -29,6 +33,28 @@ class GRUState(NamedTuple):
     """GRU carry."""
 
     hidden: Array  # [..., H]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class GRUConfig(CellConfig):
+    """Hyper-parameters of :func:`gru` (see there)."""
+
+    constructor = "gru"
+    hidden_size: int
+    reset_after: bool = True
+    kernel_init: inits.Initializer | None = None
+    recurrent_init: inits.Initializer | None = None
+    bias_init: inits.Initializer | None = None
+
+    def __post_init__(self):
+        set_fields(self, hidden_size=_checks.positive_int("hidden_size", self.hidden_size),
+                   reset_after=_checks.boolean("reset_after", self.reset_after),
+                   kernel_init=initializer("kernel_init", self.kernel_init),
+                   recurrent_init=initializer("recurrent_init", self.recurrent_init),
+                   bias_init=initializer("bias_init", self.bias_init))
+
+    def build(self) -> Cell:
+        return _gru_cell(self)
 
 
 def gru(
@@ -63,17 +89,23 @@ def gru(
       bias_init: bias initialiser per block (default zeros).
 
     Returns:
-      A :class:`~lstm_jax.Cell` with :class:`GRUParams` and :class:`GRUState`;
-      ``project(params, xs[..., I]) -> [..., 3H]``; ``y_t = h_t [..., H]``.
+      A :class:`~lstm_jax.Cell` with :class:`GRUConfig`, :class:`GRUParams` and
+      :class:`GRUState`; ``project(params, xs[..., I]) -> [..., 3H]``; ``y_t = h_t [..., H]``;
+      gates ``reset``, ``update``, ``candidate``, ``hidden``. With ``reset_after=True`` it has
+      the form ``"fused"`` (a hand-written backward pass, :mod:`lstm_jax.kernels.fused_rnn`),
+      which ``impl="auto"`` picks.
     """
-    H = _checks.positive_int("hidden_size", hidden_size)
-    kernel_init = kernel_init or inits.glorot_uniform()
-    recurrent_init = recurrent_init or inits.orthogonal()
-    bias_init = bias_init or inits.zeros
+    return GRUConfig(hidden_size, reset_after=reset_after, kernel_init=kernel_init, recurrent_init=recurrent_init,
+                     bias_init=bias_init).build()
 
-    def init(key, input_size, *, dtype=jnp.float32):
-        input_size = _checks.positive_int("input_size", input_size)
-        dtype = _checks.floating_dtype("dtype", dtype)
+
+def _gru_cell(config: GRUConfig) -> Cell:
+    H, reset_after = config.hidden_size, config.reset_after
+    kernel_init = or_default(config.kernel_init, inits.glorot_uniform)
+    recurrent_init = or_default(config.recurrent_init, inits.orthogonal)
+    bias_init = or_default(config.bias_init, lambda: inits.zeros)
+
+    def init(key, input_size, dtype):
         kx, kh, kb, kn = jax.random.split(key, 4)
         return GRUParams(
             w_x=inits.init_blocks(kernel_init, kx, input_size, H, 3, dtype),
@@ -82,16 +114,13 @@ def gru(
             b_hn=bias_init(kn, (H,), dtype) if reset_after else None,
         )
 
-    def init_carry(params, batch_shape=()):
-        _checks.params_of(params, GRUParams, "w_h", 3 * H)
-        return GRUState(hidden=jnp.zeros(_checks.batch_shape(batch_shape) + (H,), params.w_h.dtype))
+    def init_carry(params, batch_shape):
+        return GRUState(hidden=jnp.zeros(batch_shape + (H,), params.w_h.dtype))
 
     def project(params, xs):
-        _checks.params_of(params, GRUParams, "w_h", 3 * H)
-        _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         return xs @ params.w_x + params.b
 
-    def recur_impl(params, carry, px, with_gates):
+    def recur(params, carry, px, *, aux=False):
         h_prev = carry.hidden
         x = split_blocks(px, GATE_ORDER)
         if reset_after:
@@ -106,18 +135,16 @@ def gru(
             z = jax.nn.sigmoid(x["update"] + rec["update"])
             n = jnp.tanh(x["candidate"] + (r * h_prev) @ w_n)
         h = (1.0 - z) * n + z * h_prev
-        if with_gates:
+        if aux:
             return GRUState(h), h, {"reset": r, "update": z, "candidate": n, "hidden": h}
         return GRUState(h), h
 
-    def fused_unroll(params, xs, carry, valid, unroll, kernel="xla"):
-        if kernel != "xla":
-            raise ValueError(f"gru has no {kernel!r} kernel; use impl='fused' (XLA).")
-        ys, h = fused.gru_layer(params.w_x, params.w_h, params.b, params.b_hn, xs, carry.hidden, valid,
-                                unroll, fused.hoist_projection())
+    def fused_run(params, xs, carry, *, valid, resets, unroll):
+        flags, hr = (None, None) if resets is None else (resets.where, resets.carry.hidden)
+        ys, h = fused_rnn.gru_layer(params.w_x, params.w_h, params.b, params.b_hn, xs, carry.hidden, valid, flags,
+                                    hr, unroll, fused_rnn.hoist_projection())
         return ys, GRUState(h)
 
-    return make_cell(name="gru", options=dict(hidden_size=H, reset_after=reset_after),
-                     hidden_size=H, output_size=H, init=init, init_carry=init_carry,
-                     project=project, recur_impl=recur_impl,
-                     fused=fused_unroll if reset_after else None)
+    forms = {"fused": SequenceForm(fused_run, auto=True, note="hand-written backward pass "
+                                   "(lstm_jax.kernels.fused_rnn)")} if reset_after else {}
+    return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur, forms=forms)

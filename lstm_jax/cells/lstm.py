@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import _checks, fused
+from lstm_jax import _checks
 from lstm_jax import initializers as inits
-from lstm_jax.cell import layer_norm as layer_norm_fn
-from lstm_jax.cell import ACTIVATIONS, Cell, clip_gradient, make_cell, split_blocks
+from lstm_jax.cell import Cell, CellConfig, SequenceForm
+from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
+from lstm_jax.kernels import fused_rnn
+from lstm_jax.ops import ACTIVATIONS, clip_gradient, lstm_update, split_blocks
+from lstm_jax.ops import layer_norm as layer_norm_fn
 
 Array = jax.Array
 
@@ -61,6 +65,74 @@ GREFF_VARIANTS: dict[str, dict[str, Any]] = {
     "CIFG": dict(peephole=True, coupled=True),
     "FGR": dict(peephole=True, full_gate_recurrence=True),
 }
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LSTMConfig(CellConfig):
+    """Hyper-parameters of :func:`lstm` (see there for their meaning)."""
+
+    constructor = "lstm"
+    hidden_size: int
+    forget_bias: float = 1.0
+    peephole: bool = False
+    coupled: bool = False
+    input_gate: bool = True
+    forget_gate: bool = True
+    output_gate: bool = True
+    input_activation: str = "tanh"
+    output_activation: str = "tanh"
+    full_gate_recurrence: bool = False
+    proj_size: int | None = None
+    layer_norm: bool = False
+    derivative_clip: float | None = None
+    kernel_init: inits.Initializer | None = None
+    recurrent_init: inits.Initializer | None = None
+    bias_init: inits.Initializer | None = None
+
+    def __post_init__(self):
+        H = _checks.positive_int("hidden_size", self.hidden_size)
+        proj = self.proj_size
+        if proj is not None:
+            proj = _checks.positive_int("proj_size", proj)
+            if proj >= H:
+                raise ValueError(f"`proj_size` must be smaller than `hidden_size` ({H}), got {proj}.")
+        flags = {n: _checks.boolean(n, getattr(self, n)) for n in (
+            "peephole", "coupled", "input_gate", "forget_gate", "output_gate", "full_gate_recurrence", "layer_norm")}
+        if flags["coupled"] and not (flags["input_gate"] and flags["forget_gate"]):
+            raise ValueError("`coupled=True` derives the input gate from the forget gate; it needs "
+                             "`input_gate=True` and `forget_gate=True`.")
+        if flags["full_gate_recurrence"] and not (flags["input_gate"] or flags["forget_gate"] or flags["output_gate"]):
+            raise ValueError("`full_gate_recurrence=True` needs at least one sigmoid gate.")
+        set_fields(self, hidden_size=H, proj_size=proj, **flags,
+                   forget_bias=_checks.number("forget_bias", self.forget_bias),
+                   input_activation=_checks.choice("input_activation", self.input_activation, ACTIVATIONS),
+                   output_activation=_checks.choice("output_activation", self.output_activation, ACTIVATIONS),
+                   derivative_clip=_checks.number("derivative_clip", self.derivative_clip, positive=True,
+                                                  optional=True),
+                   kernel_init=initializer("kernel_init", self.kernel_init),
+                   recurrent_init=initializer("recurrent_init", self.recurrent_init),
+                   bias_init=initializer("bias_init", self.bias_init))
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """The gate blocks along the fused axis, in :data:`GATE_ORDER`."""
+        present = {"input": self.input_gate and not self.coupled, "forget": self.forget_gate,
+                   "candidate": True, "output": self.output_gate}
+        return tuple(n for n in GATE_ORDER if present[n])
+
+    @property
+    def vanilla(self) -> bool:
+        """The cell of the article: four gates, tanh, nothing else (what the kernels compute)."""
+        return self.gate_names == GATE_ORDER and not (
+            self.peephole or self.full_gate_recurrence or self.proj_size or self.layer_norm
+            or self.derivative_clip is not None) and self.input_activation == self.output_activation == "tanh"
+
+    def build(self) -> Cell:
+        return _lstm_cell(self)
 
 
 def lstm(
@@ -142,140 +214,109 @@ def lstm(
         added to the forget block.
 
     Returns:
-      A :class:`~lstm_jax.Cell` with :class:`LSTMParams` and :class:`LSTMState`.
-      ``project(params, xs[..., I]) -> [..., G*H]``; ``recur`` returns ``y_t = h_t [..., O]``.
-    """
-    hidden_size = _checks.positive_int("hidden_size", hidden_size)
-    if proj_size is not None:
-        proj_size = _checks.positive_int("proj_size", proj_size)
-        if proj_size >= hidden_size:
-            raise ValueError(f"`proj_size` must be smaller than `hidden_size` ({hidden_size}), got {proj_size}.")
-    act_in = ACTIVATIONS[_checks.choice("input_activation", input_activation, ACTIVATIONS)]
-    act_out = ACTIVATIONS[_checks.choice("output_activation", output_activation, ACTIVATIONS)]
-    if coupled and not (input_gate and forget_gate):
-        raise ValueError("`coupled=True` derives the input gate from the forget gate; it needs "
-                         "`input_gate=True` and `forget_gate=True`.")
-    if derivative_clip is not None and (isinstance(derivative_clip, bool) or not isinstance(
-            derivative_clip, (int, float)) or not derivative_clip > 0):
-        raise ValueError(f"`derivative_clip` must be a positive number or None, got {derivative_clip!r}.")
-    options = dict(
-        hidden_size=hidden_size, forget_bias=forget_bias, peephole=peephole, coupled=coupled,
-        input_gate=input_gate, forget_gate=forget_gate, output_gate=output_gate,
-        input_activation=input_activation, output_activation=output_activation,
-        full_gate_recurrence=full_gate_recurrence, proj_size=proj_size, layer_norm=layer_norm,
-        derivative_clip=derivative_clip,
-    )
-    present = {"input": input_gate and not coupled, "forget": forget_gate, "candidate": True,
-               "output": output_gate}
-    names = tuple(n for n in GATE_ORDER if present[n])
-    sigmoid_names = tuple(n for n in names if n in SIGMOID_GATES)
-    if full_gate_recurrence and not sigmoid_names:
-        raise ValueError("`full_gate_recurrence=True` needs at least one sigmoid gate.")
-    H, G, S = hidden_size, len(names), len(sigmoid_names)
-    O = proj_size or hidden_size
-    kernel_init = kernel_init or inits.glorot_uniform()
-    recurrent_init = recurrent_init or inits.orthogonal()
-    bias_init = bias_init or inits.zeros
+      A :class:`~lstm_jax.Cell` with :class:`LSTMConfig`, :class:`LSTMParams` and
+      :class:`LSTMState`. ``project(params, xs[..., I]) -> [..., G*H]``; ``recur`` returns
+      ``y_t = h_t [..., O]``; gates ``input``, ``forget``, ``candidate``, ``output`` (those
+      present), ``cell``, ``hidden``. The vanilla cell (no option but ``forget_bias`` and the
+      initialisers) has the forms ``"fused"`` (a hand-written backward pass,
+      :mod:`lstm_jax.kernels.fused_rnn`; picked by ``impl="auto"``) and ``"pallas"`` (the
+      recurrence as Pallas kernels, :mod:`lstm_jax.kernels.pallas_lstm`; opt-in, no
+      ``lengths`` or ``resets``; its GPU speed is unmeasured).
 
-    def init(key, input_size, *, dtype=jnp.float32):
-        input_size = _checks.positive_int("input_size", input_size)
-        dtype = _checks.floating_dtype("dtype", dtype)
+    Raises:
+      ValueError: a non-positive ``hidden_size`` or ``proj_size >= hidden_size``; an unknown
+        activation; ``coupled`` without both gates; ``full_gate_recurrence`` without a sigmoid
+        gate; a ``derivative_clip`` that is not a positive number.
+    """
+    return LSTMConfig(
+        hidden_size, forget_bias=forget_bias, peephole=peephole, coupled=coupled, input_gate=input_gate,
+        forget_gate=forget_gate, output_gate=output_gate, input_activation=input_activation,
+        output_activation=output_activation, full_gate_recurrence=full_gate_recurrence, proj_size=proj_size,
+        layer_norm=layer_norm, derivative_clip=derivative_clip, kernel_init=kernel_init,
+        recurrent_init=recurrent_init, bias_init=bias_init).build()
+
+
+def _lstm_cell(config: LSTMConfig) -> Cell:
+    H, O = config.hidden_size, config.output_size
+    names = config.gate_names
+    sigmoid_names = tuple(n for n in names if n in SIGMOID_GATES)
+    G, S = len(names), len(sigmoid_names)
+    act_in, act_out = ACTIVATIONS[config.input_activation], ACTIVATIONS[config.output_activation]
+    peephole, layer_norm, fgr = config.peephole, config.layer_norm, config.full_gate_recurrence
+    kernel_init = or_default(config.kernel_init, inits.glorot_uniform)
+    recurrent_init = or_default(config.recurrent_init, inits.orthogonal)
+    bias_init = or_default(config.bias_init, lambda: inits.zeros)
+    clip = (lambda z: z) if config.derivative_clip is None else \
+        (lambda z: clip_gradient(z, config.derivative_clip))
+
+    def init(key, input_size, dtype):
         kx, kh, kb, kg, kp = jax.random.split(key, 5)
         b = inits.init_blocks(bias_init, kb, None, H, G, dtype)
-        if forget_gate:
+        if config.forget_gate:
             f = names.index("forget")
-            b = b.at[f * H:(f + 1) * H].add(jnp.asarray(forget_bias, dtype))
+            b = b.at[f * H:(f + 1) * H].add(jnp.asarray(config.forget_bias, dtype))
         zeros_h = jnp.zeros((H,), dtype)
         ones = lambda n: jnp.ones((n,), dtype) if layer_norm else None
         return LSTMParams(
             w_x=inits.init_blocks(kernel_init, kx, input_size, H, G, dtype),
             w_h=inits.init_blocks(recurrent_init, kh, O, H, G, dtype),
             b=b,
-            peephole_i=zeros_h if peephole and present["input"] else None,
-            peephole_f=zeros_h if peephole and forget_gate else None,
-            peephole_o=zeros_h if peephole and output_gate else None,
-            w_gates=(inits.init_blocks(recurrent_init, kg, S * H, H, S, dtype)
-                     if full_gate_recurrence else None),
-            w_proj=kernel_init(kp, (H, O), dtype) if proj_size else None,
+            peephole_i=zeros_h if peephole and "input" in names else None,
+            peephole_f=zeros_h if peephole and config.forget_gate else None,
+            peephole_o=zeros_h if peephole and config.output_gate else None,
+            w_gates=inits.init_blocks(recurrent_init, kg, S * H, H, S, dtype) if fgr else None,
+            w_proj=kernel_init(kp, (H, O), dtype) if config.proj_size else None,
             ln_x_gain=ones(G * H), ln_h_gain=ones(G * H), ln_c_gain=ones(H),
             ln_c_bias=zeros_h if layer_norm else None,
         )
 
-    def init_carry(params, batch_shape=()):
-        _checks.params_of(params, LSTMParams, "w_h", G * H)
-        dtype, batch_shape = params.w_h.dtype, _checks.batch_shape(batch_shape)
-        zeros = lambda n: jnp.zeros(batch_shape + (n,), dtype)
-        return LSTMState(hidden=zeros(O), cell=zeros(H),
-                         gates=zeros(S * H) if full_gate_recurrence else None)
-
-    def check_layer_norm(params):
-        if (params.ln_x_gain is not None) != layer_norm:
-            raise ValueError(f"`params` were made for an LSTM {'with' if not layer_norm else 'without'} "
-                             f"layer_norm; this cell has layer_norm={layer_norm}.")
+    def init_carry(params, batch_shape):
+        zeros = lambda n: jnp.zeros(batch_shape + (n,), params.w_h.dtype)
+        return LSTMState(hidden=zeros(O), cell=zeros(H), gates=zeros(S * H) if fgr else None)
 
     def project(params, xs):
-        _checks.params_of(params, LSTMParams, "w_h", G * H)
-        check_layer_norm(params)
-        _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         if layer_norm:
             return layer_norm_fn(xs @ params.w_x, params.ln_x_gain) + params.b
         return xs @ params.w_x + params.b
 
-    def clip(z):
-        return z if derivative_clip is None else clip_gradient(z, derivative_clip)
-
-    def recur_impl(params, carry, px, with_gates):
-        c_prev = carry.cell
+    def recur(params, carry, px, *, aux=False):
         rec = carry.hidden @ params.w_h
         if layer_norm:
             rec = layer_norm_fn(rec, params.ln_h_gain)
         pre = split_blocks(px + rec, names)
-        if full_gate_recurrence:
-            rec = split_blocks(carry.gates @ params.w_gates, sigmoid_names)
-            for n in sigmoid_names:
-                pre[n] = pre[n] + rec[n]
-
-        def gate(name, peep, c):
-            z = pre[name]
-            return jax.nn.sigmoid(clip(z if peep is None else z + peep * c))
-
-        f = gate("forget", params.peephole_f, c_prev) if forget_gate else None
-        if coupled:
-            i = 1.0 - f
-        elif input_gate:
-            i = gate("input", params.peephole_i, c_prev)
-        else:
-            i = None
-        g = act_in(clip(pre["candidate"]))
-        c = (c_prev if f is None else f * c_prev) + (g if i is None else i * g)
-        o = gate("output", params.peephole_o, c) if output_gate else None
-        c_out = layer_norm_fn(c, params.ln_c_gain, params.ln_c_bias) if layer_norm else c
-        m = act_out(c_out) if o is None else o * act_out(c_out)
+        if fgr:
+            from_gates = split_blocks(carry.gates @ params.w_gates, sigmoid_names)
+            pre = {n: pre[n] + from_gates[n] if n in from_gates else pre[n] for n in pre}
+        m, c, gates = lstm_update(
+            pre.get("input"), pre.get("forget"), pre["candidate"], pre.get("output"), carry.cell,
+            peephole_i=params.peephole_i, peephole_f=params.peephole_f, peephole_o=params.peephole_o,
+            coupled=config.coupled, input_activation=act_in, output_activation=act_out, clip=clip,
+            cell_output=(lambda c: layer_norm_fn(c, params.ln_c_gain, params.ln_c_bias)) if layer_norm
+            else (lambda c: c))
         h = m if params.w_proj is None else m @ params.w_proj
-        acts = {"input": i, "forget": f, "candidate": g, "output": o}
-        new_gates = (jnp.concatenate([acts[n] for n in sigmoid_names], axis=-1)
-                     if full_gate_recurrence else None)
-        new = LSTMState(hidden=h, cell=c, gates=new_gates)
-        if not with_gates:
-            return new, h
-        seen = {k: v for k, v in acts.items() if v is not None}
-        return new, h, dict(seen, cell=c, hidden=h)
+        new = LSTMState(hidden=h, cell=c,
+                        gates=jnp.concatenate([gates[n] for n in sigmoid_names], axis=-1) if fgr else None)
+        return (new, h, dict(gates, cell=c, hidden=h)) if aux else (new, h)
 
-    def fused_unroll(params, xs, carry, valid, unroll, kernel="xla"):
-        check_layer_norm(params)
-        if kernel == "pallas" and valid is not None:
-            raise ValueError("the Pallas LSTM kernel takes no `lengths`; use impl='fused' (XLA) for padded batches.")
-        ys, (h, c) = fused.lstm_layer(params.w_x, params.w_h, params.b, xs, carry.hidden, carry.cell, valid,
-                                      unroll, fused.hoist_projection(), kernel)
+    forms = {}
+    if config.vanilla:
+        forms = {"fused": SequenceForm(_fused_run("xla"), auto=True,
+                                       note="hand-written backward pass (lstm_jax.kernels.fused_rnn)"),
+                 "pallas": SequenceForm(_fused_run("pallas"), lengths=False, resets=False,
+                                        note="Pallas recurrence kernels (lstm_jax.kernels.pallas_lstm)")}
+    return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur, forms=forms)
+
+
+def _fused_run(kernel: str):
+    """The ``"fused"``/``"pallas"`` form of the vanilla LSTM (see :class:`~lstm_jax.SequenceForm`)."""
+
+    def run(params, xs, carry, *, valid, resets, unroll):
+        flags, (hr, cr) = (None, (None, None)) if resets is None else (resets.where, resets.carry[:2])
+        ys, (h, c) = fused_rnn.lstm_layer(params.w_x, params.w_h, params.b, xs, carry.hidden, carry.cell, valid,
+                                          flags, hr, cr, unroll, fused_rnn.hoist_projection(), kernel)
         return ys, LSTMState(hidden=h, cell=c)
 
-    # The hand-written backward covers the cell of the article: four gates, tanh, nothing else.
-    vanilla = names == GATE_ORDER and not (peephole or full_gate_recurrence or proj_size or layer_norm
-                                           or derivative_clip is not None) \
-        and input_activation == output_activation == "tanh"
-    return make_cell(name="lstm", options=options, hidden_size=H, output_size=O, init=init,
-                     init_carry=init_carry, project=project, recur_impl=recur_impl,
-                     fused=fused_unroll if vanilla else None)
+    return run
 
 
 def greff_variant(name: str, hidden_size: int, **overrides: Any) -> Cell:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -9,8 +10,10 @@ import jax.numpy as jnp
 
 from lstm_jax import _checks
 from lstm_jax import initializers as inits
-from lstm_jax.cell import Cell, make_cell, split_blocks
+from lstm_jax.cell import Cell, CellConfig
+from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
 from lstm_jax.cells.gru import GRUState
+from lstm_jax.ops import split_blocks
 
 Array = jax.Array
 
@@ -35,16 +38,41 @@ class MUTParams(NamedTuple):
     w_hh: Array  # [H, H]         recurrent weights of the candidate, applied to r * h
 
 
-def _mut(variant: str, hidden_size: int, kernel_init, recurrent_init) -> Cell:
-    H = _checks.positive_int("hidden_size", hidden_size)
+@dataclasses.dataclass(frozen=True, repr=False)
+class MUTConfig(CellConfig):
+    """Hyper-parameters of :func:`mut1`, :func:`mut2` and :func:`mut3`."""
+
+    hidden_size: int
+    variant: str = "mut1"
+    kernel_init: inits.Initializer | None = None
+    recurrent_init: inits.Initializer | None = None
+
+    def __post_init__(self):
+        set_fields(self, hidden_size=_checks.positive_int("hidden_size", self.hidden_size),
+                   variant=_checks.choice("variant", self.variant, tuple(_KERNEL_BLOCKS)),
+                   kernel_init=initializer("kernel_init", self.kernel_init),
+                   recurrent_init=initializer("recurrent_init", self.recurrent_init))
+
+    @property
+    def constructor(self) -> str:  # repr as mut1(16), mut2(16), mut3(16)
+        return self.variant
+
+    def __repr__(self) -> str:
+        inits_ = [f"{k}={getattr(self, k)!r}" for k in ("kernel_init", "recurrent_init") if getattr(self, k)]
+        return f"{self.variant}({', '.join([repr(self.hidden_size)] + inits_)})"
+
+    def build(self) -> Cell:
+        return _mut_cell(self)
+
+
+def _mut_cell(config: MUTConfig) -> Cell:
+    H, variant = config.hidden_size, config.variant
     kernel_blocks = _KERNEL_BLOCKS[variant]
-    kernel_init = kernel_init or inits.glorot_uniform()
-    recurrent_init = recurrent_init or inits.orthogonal()
+    kernel_init = or_default(config.kernel_init, inits.glorot_uniform)
+    recurrent_init = or_default(config.recurrent_init, inits.orthogonal)
     identity_input = variant in ("mut1", "mut2")
 
-    def init(key, input_size, *, dtype=jnp.float32):
-        input_size = _checks.positive_int("input_size", input_size)
-        dtype = _checks.floating_dtype("dtype", dtype)
+    def init(key, input_size, dtype):
         if identity_input and input_size != H:
             raise ValueError(f"{variant} adds the raw input to a hidden-sized pre-activation, so "
                              f"`input_size` must equal `hidden_size` ({H}), got {input_size}.")
@@ -57,19 +85,16 @@ def _mut(variant: str, hidden_size: int, kernel_init, recurrent_init) -> Cell:
             w_hh=recurrent_init(kh, (H, H), dtype),
         )
 
-    def init_carry(params, batch_shape=()):
-        _checks.params_of(params, MUTParams, "w_hr", H)
-        return GRUState(hidden=jnp.zeros(_checks.batch_shape(batch_shape) + (H,), params.w_hr.dtype))
+    def init_carry(params, batch_shape):
+        return GRUState(hidden=jnp.zeros(batch_shape + (H,), params.w_hr.dtype))
 
     def project(params, xs):
-        _checks.params_of(params, MUTParams, "w_hr", H)
-        _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         learned = split_blocks(xs @ params.w_x, kernel_blocks)
         fixed = {"reset": xs, "candidate": jnp.tanh(xs)}  # only used by MUT1/MUT2
         parts = [learned[n] if n in learned else fixed[n] for n in BLOCKS]
         return jnp.concatenate(parts, axis=-1) + params.b
 
-    def recur_impl(params, carry, px, with_gates):
+    def recur(params, carry, px, *, aux=False):
         h = carry.hidden
         p = split_blocks(px, BLOCKS)
         if variant == "mut1":
@@ -81,12 +106,11 @@ def _mut(variant: str, hidden_size: int, kernel_init, recurrent_init) -> Cell:
         r = jax.nn.sigmoid(p["reset"] + h @ params.w_hr)
         n = jnp.tanh((r * h) @ params.w_hh + p["candidate"])
         h_new = n * z + h * (1.0 - z)
-        if with_gates:
+        if aux:
             return GRUState(h_new), h_new, {"update": z, "reset": r, "candidate": n, "hidden": h_new}
         return GRUState(h_new), h_new
 
-    return make_cell(name=variant, options=dict(hidden_size=H), hidden_size=H, output_size=H,
-                     init=init, init_carry=init_carry, project=project, recur_impl=recur_impl)
+    return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur)
 
 
 def mut1(hidden_size: int, *, kernel_init=None, recurrent_init=None) -> Cell:
@@ -98,10 +122,10 @@ def mut1(hidden_size: int, *, kernel_init=None, recurrent_init=None) -> Cell:
         r &= \sigma(x_t W_{xr} + h_{t-1} W_{hr} + b_r) \\
         h_t &= \tanh((r \odot h_{t-1}) W_{hh} + \tanh(x_t) + b_h) \odot z + h_{t-1} \odot (1 - z)
 
-    Returns a :class:`~lstm_jax.Cell` with :class:`MUTParams`, carry ``GRUState``,
+    Returns a :class:`~lstm_jax.Cell` with :class:`MUTConfig`, :class:`MUTParams`, carry ``GRUState``,
     ``project(params, xs[..., I]) -> [..., 3H]`` and ``y_t = h_t [..., H]``.
     """
-    return _mut("mut1", hidden_size, kernel_init, recurrent_init)
+    return MUTConfig(hidden_size, "mut1", kernel_init, recurrent_init).build()
 
 
 def mut2(hidden_size: int, *, kernel_init=None, recurrent_init=None) -> Cell:
@@ -113,10 +137,10 @@ def mut2(hidden_size: int, *, kernel_init=None, recurrent_init=None) -> Cell:
         r &= \sigma(x_t + h_{t-1} W_{hr} + b_r) \\
         h_t &= \tanh((r \odot h_{t-1}) W_{hh} + x_t W_{xh} + b_h) \odot z + h_{t-1} \odot (1 - z)
 
-    Returns a :class:`~lstm_jax.Cell` with :class:`MUTParams`, carry ``GRUState``,
+    Returns a :class:`~lstm_jax.Cell` with :class:`MUTConfig`, :class:`MUTParams`, carry ``GRUState``,
     ``project(params, xs[..., I]) -> [..., 3H]`` and ``y_t = h_t [..., H]``.
     """
-    return _mut("mut2", hidden_size, kernel_init, recurrent_init)
+    return MUTConfig(hidden_size, "mut2", kernel_init, recurrent_init).build()
 
 
 def mut3(hidden_size: int, *, kernel_init=None, recurrent_init=None) -> Cell:
@@ -128,7 +152,7 @@ def mut3(hidden_size: int, *, kernel_init=None, recurrent_init=None) -> Cell:
         r &= \sigma(x_t W_{xr} + h_{t-1} W_{hr} + b_r) \\
         h_t &= \tanh((r \odot h_{t-1}) W_{hh} + x_t W_{xh} + b_h) \odot z + h_{t-1} \odot (1 - z)
 
-    Returns a :class:`~lstm_jax.Cell` with :class:`MUTParams`, carry ``GRUState``,
+    Returns a :class:`~lstm_jax.Cell` with :class:`MUTConfig`, :class:`MUTParams`, carry ``GRUState``,
     ``project(params, xs[..., I]) -> [..., 3H]`` and ``y_t = h_t [..., H]``.
     """
-    return _mut("mut3", hidden_size, kernel_init, recurrent_init)
+    return MUTConfig(hidden_size, "mut3", kernel_init, recurrent_init).build()

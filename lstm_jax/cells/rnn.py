@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -9,7 +10,9 @@ import jax.numpy as jnp
 
 from lstm_jax import _checks
 from lstm_jax import initializers as inits
-from lstm_jax.cell import ACTIVATIONS, Cell, make_cell
+from lstm_jax.cell import Cell, CellConfig
+from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
+from lstm_jax.ops import ACTIVATIONS
 
 Array = jax.Array
 
@@ -26,6 +29,28 @@ class RNNState(NamedTuple):
     """Elman RNN carry."""
 
     hidden: Array  # [..., H]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class RNNConfig(CellConfig):
+    """Hyper-parameters of :func:`rnn` (see there)."""
+
+    constructor = "rnn"
+    hidden_size: int
+    activation: str = "tanh"
+    kernel_init: inits.Initializer | None = None
+    recurrent_init: inits.Initializer | None = None
+    bias_init: inits.Initializer | None = None
+
+    def __post_init__(self):
+        set_fields(self, hidden_size=_checks.positive_int("hidden_size", self.hidden_size),
+                   activation=_checks.choice("activation", self.activation, ("tanh", "relu")),
+                   kernel_init=initializer("kernel_init", self.kernel_init),
+                   recurrent_init=initializer("recurrent_init", self.recurrent_init),
+                   bias_init=initializer("bias_init", self.bias_init))
+
+    def build(self) -> Cell:
+        return _rnn_cell(self)
 
 
 def rnn(
@@ -55,38 +80,35 @@ def rnn(
       bias_init: bias initialiser (default zeros).
 
     Returns:
-      A :class:`~lstm_jax.Cell` with :class:`RNNParams` and :class:`RNNState`;
-      ``project(params, xs[..., I]) -> [..., H]``; ``y_t = h_t [..., H]``.
+      A :class:`~lstm_jax.Cell` with :class:`RNNConfig`, :class:`RNNParams` and
+      :class:`RNNState`; ``project(params, xs[..., I]) -> [..., H]``; ``y_t = h_t [..., H]``;
+      gates ``hidden``.
     """
-    H = _checks.positive_int("hidden_size", hidden_size)
-    act = ACTIVATIONS[_checks.choice("activation", activation, ("tanh", "relu"))]
-    kernel_init = kernel_init or inits.glorot_uniform()
-    recurrent_init = recurrent_init or inits.orthogonal()
-    bias_init = bias_init or inits.zeros
+    return RNNConfig(hidden_size, activation=activation, kernel_init=kernel_init,
+                     recurrent_init=recurrent_init, bias_init=bias_init).build()
 
-    def init(key, input_size, *, dtype=jnp.float32):
-        input_size = _checks.positive_int("input_size", input_size)
-        dtype = _checks.floating_dtype("dtype", dtype)
+
+def _rnn_cell(config: RNNConfig) -> Cell:
+    H = config.hidden_size
+    act = ACTIVATIONS[config.activation]
+    kernel_init = or_default(config.kernel_init, inits.glorot_uniform)
+    recurrent_init = or_default(config.recurrent_init, inits.orthogonal)
+    bias_init = or_default(config.bias_init, lambda: inits.zeros)
+
+    def init(key, input_size, dtype):
         kx, kh, kb = jax.random.split(key, 3)
         return RNNParams(w_x=kernel_init(kx, (input_size, H), dtype),
                          w_h=recurrent_init(kh, (H, H), dtype),
                          b=bias_init(kb, (H,), dtype))
 
-    def init_carry(params, batch_shape=()):
-        _checks.params_of(params, RNNParams, "w_h", H)
-        return RNNState(hidden=jnp.zeros(_checks.batch_shape(batch_shape) + (H,), params.w_h.dtype))
+    def init_carry(params, batch_shape):
+        return RNNState(hidden=jnp.zeros(batch_shape + (H,), params.w_h.dtype))
 
     def project(params, xs):
-        _checks.params_of(params, RNNParams, "w_h", H)
-        _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         return xs @ params.w_x + params.b
 
-    def recur_impl(params, carry, px, with_gates):
+    def recur(params, carry, px, *, aux=False):
         h = act(px + carry.hidden @ params.w_h)
-        if with_gates:
-            return RNNState(h), h, {"hidden": h}
-        return RNNState(h), h
+        return (RNNState(h), h, {"hidden": h}) if aux else (RNNState(h), h)
 
-    return make_cell(name="rnn", options=dict(hidden_size=H, activation=activation),
-                     hidden_size=H, output_size=H, init=init, init_carry=init_carry,
-                     project=project, recur_impl=recur_impl)
+    return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur)

@@ -13,15 +13,20 @@ layer is a :func:`jax.custom_vjp` that
 - then the weight and input gradients as three large matmuls over all ``T*B`` rows at once:
   ``dW_h = H_prev^T dZ``, ``dW_x = X^T dZ`` and ``dX = dZ W_x^T``.
 
+Both take a ``valid`` step mask (steps past a sequence's length keep the carry and output
+zeros) and ``resets`` (before a flagged step the carry is set to a reset carry, whose
+gradient collects what flows into it at every reset).
+
 Where the input projection ``x_t W_x + b`` runs is chosen per backend: on accelerators it is
 hoisted out of the scan (one big matmul); on the CPU it runs inside the scan body, which XLA's
 CPU backend executes faster (measured, see :func:`hoist_projection` and the README's
 Performance section).
 
-:func:`lstm_jax.unroll` uses this path by itself for cells built by ``lstm(H)`` (no peepholes,
-projection, layer norm or other variant) and ``gru(H)`` (``reset_after=True``), without
-``return_carries``/``return_gates``/``remat_chunk``; ``unroll(..., impl="scan")`` turns it off.
-Shapes here are time-major with the batch flattened: ``[T, B, *]``.
+These are the ``"fused"`` forms of ``lstm(H)`` (no peepholes, projection, layer norm or other
+variant) and ``gru(H)`` (``reset_after=True``), which :func:`lstm_jax.unroll` picks by itself
+when the call asks for nothing they do not give; ``unroll(..., impl="scan")`` turns them off.
+Arrays in, arrays out: shapes here are time-major with the batch flattened, ``[T, B, *]``;
+``valid`` and reset flags are ``[T, B]`` bool.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from lstm_jax.ops import lstm_update
 
 Array = jax.Array
 
@@ -64,7 +71,8 @@ def _weight_grad(rows: Array, dz: Array, dtype) -> Array:
 
 
 def _keep(valid, new, old):
-    """``new`` where the step is valid, else ``old`` (the carry stands still past a length)."""
+    """``new`` where the step is valid (``valid [B, 1]``), else ``old`` (the carry stands still
+    past a length)."""
     return new if valid is None else jnp.where(valid, new, old)
 
 
@@ -73,15 +81,33 @@ def _keep(valid, new, old):
 
 def lstm_step(z: Array, c_prev: Array):
     """One LSTM step from pre-activations ``z [B, 4H]`` (blocks i, f, g, o): ``(h, c, (i, f, g, o))``, f32."""
-    z = _f32(z)
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    i, f, o, g = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(g)
-    c = f * _f32(c_prev) + i * g
-    h = o * jnp.tanh(c)
-    return h, c, (i, f, g, o)
+    h, c, gates = lstm_update(*jnp.split(_f32(z), 4, axis=-1), _f32(c_prev))
+    return h, c, tuple(gates[k] for k in ("input", "forget", "candidate", "output"))
 
 
-def lstm_recurrence(seq, w_h, h0, c0, *, valid=None, w_x=None, b=None, unroll=1):
+def _mask(m, t):
+    """Row ``t`` of a ``[T, B]`` mask as ``[B, 1]`` (None stays None)."""
+    return None if m is None else m[t][:, None]
+
+
+def _reset(flag, reset_value, value):
+    """The carry a step starts from: ``reset_value`` where the step is flagged."""
+    return value if flag is None else jnp.where(flag, reset_value, value)
+
+
+def _prev(seq, first):
+    """``[first, seq[0], ..., seq[T-2]]``: the carry entering each step (before resets)."""
+    return jnp.concatenate([first[None], seq[:-1]], axis=0)
+
+
+def _entering(seq, first, flags, reset_value):
+    """The carry each step actually starts from, resets applied: ``[T, B, H]``."""
+    prev = _prev(seq, first)
+    return prev if flags is None else jnp.where(flags[..., None], reset_value[None], prev)
+
+
+def lstm_recurrence(seq, w_h, h0, c0, *, valid=None, flags=None, hr=None, cr=None, w_x=None, b=None,
+                    unroll=1):
     """The LSTM recurrence over time, keeping what the backward pass needs.
 
     Args:
@@ -89,7 +115,8 @@ def lstm_recurrence(seq, w_h, h0, c0, *, valid=None, w_x=None, b=None, unroll=1)
         ``b`` given, the raw inputs ``[T, B, I]`` (projected inside the scan).
       w_h: ``[H, 4H]``.
       h0, c0: ``[B, H]``.
-      valid: optional ``[T, B, 1]`` bool; invalid steps keep the carry.
+      valid: optional ``[T, B]`` bool; invalid steps keep the carry.
+      flags: optional ``[T, B]`` bool; flagged steps start from ``(hr, cr)`` ``[B, H]``.
       unroll: ``lax.scan`` unroll factor.
 
     Returns:
@@ -102,47 +129,51 @@ def lstm_recurrence(seq, w_h, h0, c0, *, valid=None, w_x=None, b=None, unroll=1)
     ts = jnp.arange(seq.shape[0], dtype=jnp.int32)
 
     def body(carry, inputs):
-        h_prev, c_prev = carry
+        h_kept, c_kept = carry
         s, t = inputs
+        flag = _mask(flags, t)
+        h_prev, c_prev = _reset(flag, hr, h_kept), _reset(flag, cr, c_kept)
         px = _f32(s) if w_x is None else _matmul(s, w_x) + _f32(b)
         h, c, acts = lstm_step(px + _matmul(h_prev, w_h), c_prev)
         h, c, acts = h.astype(dtype), c.astype(dtype), tuple(a.astype(dtype) for a in acts)
-        ok = None if valid is None else valid[t]
-        h, c = _keep(ok, h, h_prev), _keep(ok, c, c_prev)
+        ok = _mask(valid, t)
+        h, c = _keep(ok, h, h_kept), _keep(ok, c, c_kept)
         return (h, c), (h, c, acts)
 
     _, (hs, cs, acts) = jax.lax.scan(body, (h0, c0), (seq, ts), unroll=unroll)
     return hs, cs, acts
 
 
-def lstm_recurrence_grad(w_h, acts, cs, c0, dhs, dh_last, dc_last, *, valid=None, unroll=1):
+def lstm_recurrence_grad(w_h, acts, cs, c_prevs, dhs, dh_last, dc_last, *, valid=None, flags=None, unroll=1):
     """Reverse pass of :func:`lstm_recurrence`: the gradient of every gate pre-activation.
 
     With ``dh = dhs_t + dh_{t+1}``, ``tc = tanh(c_t)``:
     ``do = dh tc``, ``dc = dc_{t+1} + dh o (1 - tc^2)``, ``di = dc g``, ``dg = dc i``,
     ``df = dc c_{t-1}``, ``dz_t = [di i(1-i), df f(1-f), dg (1-g^2), do o(1-o)]``,
-    then ``dh_t = dz_t W_h^T`` and ``dc_t = dc f`` flow to step ``t-1``.
+    then ``dh_t = dz_t W_h^T`` and ``dc_t = dc f`` flow to step ``t-1`` — or, at a flagged
+    step, to the reset carry.
 
     Args:
-      w_h: ``[H, 4H]``; acts ``(i, f, g, o)`` each ``[T, B, H]``; cs ``[T, B, H]``; c0 ``[B, H]``.
+      w_h: ``[H, 4H]``; acts ``(i, f, g, o)`` each ``[T, B, H]``; cs ``[T, B, H]``; c_prevs
+        ``[T, B, H]`` the cell state each step started from (resets applied).
       dhs: ``[T, B, H]`` gradient w.r.t. the outputs ``h_t``.
       dh_last, dc_last: ``[B, H]`` gradient w.r.t. the final carry.
-      valid: optional ``[T, B, 1]`` mask as in the forward pass.
+      valid, flags: optional ``[T, B]`` masks as in the forward pass.
 
     Returns:
-      ``(dz [T, B, 4H], dh0 [B, H], dc0 [B, H])``.
+      ``(dz [T, B, 4H], dh0 [B, H], dc0 [B, H], dhr [B, H], dcr [B, H])``.
     """
     dtype = w_h.dtype
-    c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)
     w_h_t = w_h.T
     ts = jnp.arange(cs.shape[0], dtype=jnp.int32)
+    zeros = jnp.zeros_like(dh_last)
 
     def body(carry, inputs):
-        dh_next, dc_next = carry
+        dh_next, dc_next, dhr, dcr = carry
         a, c, c_prev, dh_out, t = inputs
         i, f, g, o = (_f32(x) for x in a)
         c, c_prev = _f32(c), _f32(c_prev)
-        ok = None if valid is None else valid[t]
+        ok = _mask(valid, t)
         dh = _f32(dh_next) + _f32(_keep(ok, dh_out, jnp.zeros_like(dh_out)))
         tc = jnp.tanh(c)
         dc = _f32(dc_next) + dh * o * (1.0 - tc * tc)
@@ -152,11 +183,15 @@ def lstm_recurrence_grad(w_h, acts, cs, c0, dhs, dh_last, dc_last, *, valid=None
             dz = jnp.where(ok, dz, jnp.zeros_like(dz))
         dh_prev = _keep(ok, _matmul(dz, w_h_t), dh).astype(dtype)
         dc_prev = _keep(ok, dc * f, _f32(dc_next)).astype(dtype)
-        return (dh_prev, dc_prev), dz
+        flag = _mask(flags, t)
+        if flag is not None:  # the step started from the reset carry, not from step t-1
+            dhr, dcr = dhr + jnp.where(flag, dh_prev, zeros), dcr + jnp.where(flag, dc_prev, zeros)
+            dh_prev, dc_prev = jnp.where(flag, zeros, dh_prev), jnp.where(flag, zeros, dc_prev)
+        return (dh_prev, dc_prev, dhr, dcr), dz
 
-    (dh0, dc0), dz = jax.lax.scan(body, (dh_last, dc_last), (acts, cs, c_prevs, dhs, ts),
-                                  reverse=True, unroll=unroll)
-    return dz, dh0, dc0
+    (dh0, dc0, dhr, dcr), dz = jax.lax.scan(body, (dh_last, dc_last, zeros, zeros),
+                                            (acts, cs, c_prevs, dhs, ts), reverse=True, unroll=unroll)
+    return dz, dh0, dc0, dhr, dcr
 
 
 # --- GRU ---------------------------------------------------------------------------------
@@ -174,12 +209,13 @@ def gru_step(px: Array, rec: Array, b_hn: Array, h_prev: Array):
     return h, (r, z, n), hn
 
 
-def gru_recurrence(seq, w_h, b_hn, h0, *, valid=None, w_x=None, b=None, unroll=1):
+def gru_recurrence(seq, w_h, b_hn, h0, *, valid=None, flags=None, hr=None, w_x=None, b=None, unroll=1):
     """The reset-after GRU recurrence, keeping what the backward pass needs.
 
     Args:
       seq: ``[T, B, 3H]`` input projections, or raw inputs ``[T, B, I]`` with ``w_x``, ``b``.
-      w_h: ``[H, 3H]``; b_hn ``[H]``; h0 ``[B, H]``; valid optional ``[T, B, 1]``.
+      w_h: ``[H, 3H]``; b_hn ``[H]``; h0 ``[B, H]``; valid, flags optional ``[T, B]``; hr
+        ``[B, H]`` the reset carry.
 
     Returns:
       ``(hs [T, B, H], acts (r, z, n) each [T, B, H], hns [T, B, H])`` where ``hns`` is the
@@ -188,40 +224,44 @@ def gru_recurrence(seq, w_h, b_hn, h0, *, valid=None, w_x=None, b=None, unroll=1
     dtype = w_h.dtype
     ts = jnp.arange(seq.shape[0], dtype=jnp.int32)
 
-    def body(h_prev, inputs):
+    def body(h_kept, inputs):
         s, t = inputs
+        h_prev = _reset(_mask(flags, t), hr, h_kept)
         px = s if w_x is None else _matmul(s, w_x) + _f32(b)
         h, acts, hn = gru_step(px, _matmul(h_prev, w_h), b_hn, h_prev)
-        h = _keep(None if valid is None else valid[t], h.astype(dtype), h_prev)
+        h = _keep(_mask(valid, t), h.astype(dtype), h_kept)
         return h, (h, tuple(a.astype(dtype) for a in acts), hn.astype(dtype))
 
     _, (hs, acts, hns) = jax.lax.scan(body, h0, (seq, ts), unroll=unroll)
     return hs, acts, hns
 
 
-def gru_recurrence_grad(w_h, acts, hns, h_prevs, dhs, dh_last, *, valid=None, unroll=1):
+def gru_recurrence_grad(w_h, acts, hns, h_prevs, dhs, dh_last, *, valid=None, flags=None, unroll=1):
     """Reverse pass of :func:`gru_recurrence`.
 
     With ``dh = dhs_t + dh_{t+1}`` and ``a_n = 1 - n^2``: ``dn = dh (1-z) a_n``,
     ``dr = dn hn r(1-r)``, ``dz = dh (h_{t-1} - n) z(1-z)``; the input side gets
     ``dpx = [dr, dz, dn]``, the recurrent side ``drec = [dr, dz, dn r]``, and
-    ``dh_{t-1} = dh z + drec W_h^T``.
+    ``dh_{t-1} = dh z + drec W_h^T`` (to the reset carry at a flagged step).
 
     Args:
       w_h: ``[H, 3H]``; acts ``(r, z, n)`` each ``[T, B, H]``; hns ``[T, B, H]``; h_prevs ``[T, B, H]`` (the
-      carry entering each step); dhs ``[T, B, H]``; dh_last ``[B, H]``; valid optional.
+      carry each step started from, resets applied); dhs ``[T, B, H]``; dh_last ``[B, H]``; valid, flags
+      optional ``[T, B]``.
 
     Returns:
-      ``(dpx [T, B, 3H], drec [T, B, 3H], dh0 [B, H])``.
+      ``(dpx [T, B, 3H], drec [T, B, 3H], dh0 [B, H], dhr [B, H])``.
     """
     dtype = w_h.dtype
     w_h_t = w_h.T
     ts = jnp.arange(hns.shape[0], dtype=jnp.int32)
+    zeros = jnp.zeros_like(dh_last)
 
-    def body(dh_next, inputs):
+    def body(carry, inputs):
+        dh_next, dhr = carry
         a, hn, h_prev, dh_out, t = inputs
         r, z, n = (_f32(x) for x in a)
-        ok = None if valid is None else valid[t]
+        ok = _mask(valid, t)
         dh = _f32(dh_next) + _f32(_keep(ok, dh_out, jnp.zeros_like(dh_out)))
         dn = dh * (1.0 - z) * (1.0 - n * n)
         dr = dn * _f32(hn) * r * (1.0 - r)
@@ -231,10 +271,15 @@ def gru_recurrence_grad(w_h, acts, hns, h_prevs, dhs, dh_last, *, valid=None, un
         if ok is not None:
             dpx, drec = jnp.where(ok, dpx, jnp.zeros_like(dpx)), jnp.where(ok, drec, jnp.zeros_like(drec))
         dh_prev = _keep(ok, dh * z + _matmul(drec, w_h_t), dh).astype(dtype)
-        return dh_prev, (dpx, drec)
+        flag = _mask(flags, t)
+        if flag is not None:
+            dhr = dhr + jnp.where(flag, dh_prev, zeros)
+            dh_prev = jnp.where(flag, zeros, dh_prev)
+        return (dh_prev, dhr), (dpx, drec)
 
-    dh0, (dpx, drec) = jax.lax.scan(body, dh_last, (acts, hns, h_prevs, dhs, ts), reverse=True, unroll=unroll)
-    return dpx, drec, dh0
+    (dh0, dhr), (dpx, drec) = jax.lax.scan(body, (dh_last, zeros), (acts, hns, h_prevs, dhs, ts),
+                                           reverse=True, unroll=unroll)
+    return dpx, drec, dh0, dhr
 
 
 # --- the differentiable layers -------------------------------------------------------------
@@ -258,91 +303,102 @@ def _input_grads(xs, w_x, dpx):
 KERNELS = ("xla", "pallas")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def lstm_layer(w_x, w_h, b, xs, h0, c0, valid, unroll=1, hoist=True, kernel="xla"):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11, 12))
+def lstm_layer(w_x, w_h, b, xs, h0, c0, valid, flags, hr, cr, unroll=1, hoist=True, kernel="xla"):
     """A vanilla LSTM layer over time with a hand-written backward pass.
 
     Args:
       w_x: ``[I, 4H]``; w_h ``[H, 4H]``; b ``[4H]`` (gate blocks i, f, g, o).
       xs: ``[T, B, I]`` time-major inputs.
       h0, c0: ``[B, H]`` initial carry.
-      valid: ``[T, B, 1]`` bool step mask (steps past a sequence's length keep the carry and
+      valid: ``[T, B]`` bool step mask (steps past a sequence's length keep the carry and
         output zeros), or None.
+      flags: ``[T, B]`` bool, or None: flagged steps start from the reset carry ``hr, cr``
+        ``[B, H]`` (None without flags).
       unroll: ``lax.scan`` unroll factor; hoist: see :func:`hoist_projection`.
       kernel: ``"xla"`` (the scans above) or ``"pallas"`` (the recurrences as Pallas kernels,
-        :mod:`lstm_jax.pallas_lstm`: always hoisted, no ``valid`` mask, ``unroll`` ignored;
-        interpret mode off the GPU).
+        :mod:`lstm_jax.kernels.pallas_lstm`: always hoisted, no ``valid`` or ``flags``,
+        ``unroll`` ignored; interpret mode off the GPU).
 
     Returns:
       ``(ys [T, B, H], (h_last, c_last))``.
     """
-    return _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, unroll, hoist, kernel)[0]
+    return _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, flags, hr, cr, unroll, hoist, kernel)[0]
 
 
-def _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, unroll, hoist, kernel):
+def _lstm_fwd(w_x, w_h, b, xs, h0, c0, valid, flags, hr, cr, unroll, hoist, kernel):
     if kernel == "pallas":
-        from lstm_jax import pallas_lstm
+        from lstm_jax.kernels import pallas_lstm
 
         seq, _, _ = _project_seq(xs, w_x, b, True)
         hs, cs, acts = pallas_lstm.lstm_forward_pallas(seq, w_h, h0, c0)
         acts = tuple(jnp.split(acts, 4, axis=-1))
     else:
         seq, wx_in, b_in = _project_seq(xs, w_x, b, hoist)
-        hs, cs, acts = lstm_recurrence(seq, w_h, h0, c0, valid=valid, w_x=wx_in, b=b_in, unroll=unroll)
-    ys = hs if valid is None else jnp.where(valid, hs, jnp.zeros_like(hs))
-    return (ys, (hs[-1], cs[-1])), (w_x, w_h, xs, h0, c0, valid, hs, cs, acts)
+        hs, cs, acts = lstm_recurrence(seq, w_h, h0, c0, valid=valid, flags=flags, hr=hr, cr=cr, w_x=wx_in,
+                                       b=b_in, unroll=unroll)
+    ys = hs if valid is None else jnp.where(valid[..., None], hs, jnp.zeros_like(hs))
+    return (ys, (hs[-1], cs[-1])), (w_x, w_h, xs, h0, c0, valid, flags, hr, cr, hs, cs, acts)
 
 
 def _lstm_bwd(unroll, hoist, kernel, res, cotangents):
-    w_x, w_h, xs, h0, c0, valid, hs, cs, acts = res
+    w_x, w_h, xs, h0, c0, valid, flags, hr, cr, hs, cs, acts = res
     dys, (dh_last, dc_last) = cotangents
+    c_prevs = _entering(cs, c0, flags, cr)
     if kernel == "pallas":
-        from lstm_jax import pallas_lstm
+        from lstm_jax.kernels import pallas_lstm
 
         dz, dh0, dc0 = pallas_lstm.lstm_backward_pallas(w_h, jnp.concatenate(acts, axis=-1), cs, c0, dys,
                                                         dh_last, dc_last)
+        dhr = dcr = None
     else:
-        dz, dh0, dc0 = lstm_recurrence_grad(w_h, acts, cs, c0, dys, dh_last, dc_last, valid=valid,
-                                            unroll=unroll)
-    h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+        dz, dh0, dc0, dhr, dcr = lstm_recurrence_grad(w_h, acts, cs, c_prevs, dys, dh_last, dc_last,
+                                                      valid=valid, flags=flags, unroll=unroll)
+    h_prevs = _entering(hs, h0, flags, hr)
     dw_x, db, dxs = _input_grads(xs, w_x, dz)
-    return dw_x, _weight_grad(h_prevs, dz, w_h.dtype), db, dxs, dh0, dc0, None
+    if flags is None:
+        dhr = dcr = None
+    return dw_x, _weight_grad(h_prevs, dz, w_h.dtype), db, dxs, dh0, dc0, None, None, dhr, dcr
 
 
 lstm_layer.defvjp(_lstm_fwd, _lstm_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def gru_layer(w_x, w_h, b, b_hn, xs, h0, valid, unroll=1, hoist=True):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10))
+def gru_layer(w_x, w_h, b, b_hn, xs, h0, valid, flags, hr, unroll=1, hoist=True):
     """A reset-after GRU layer over time with a hand-written backward pass.
 
     Args:
       w_x: ``[I, 3H]``; w_h ``[H, 3H]``; b ``[3H]``; b_hn ``[H]`` (blocks r, z, n).
-      xs: ``[T, B, I]``; h0 ``[B, H]``; valid ``[T, B, 1]`` bool or None.
+      xs: ``[T, B, I]``; h0 ``[B, H]``; valid, flags ``[T, B]`` bool or None; hr ``[B, H]`` the
+        reset carry (None without flags).
       unroll: ``lax.scan`` unroll factor; hoist: see :func:`hoist_projection`.
 
     Returns:
       ``(ys [T, B, H], h_last [B, H])``.
     """
-    return _gru_fwd(w_x, w_h, b, b_hn, xs, h0, valid, unroll, hoist)[0]
+    return _gru_fwd(w_x, w_h, b, b_hn, xs, h0, valid, flags, hr, unroll, hoist)[0]
 
 
-def _gru_fwd(w_x, w_h, b, b_hn, xs, h0, valid, unroll, hoist):
+def _gru_fwd(w_x, w_h, b, b_hn, xs, h0, valid, flags, hr, unroll, hoist):
     seq, wx_in, b_in = _project_seq(xs, w_x, b, hoist)
-    hs, acts, hns = gru_recurrence(seq, w_h, b_hn, h0, valid=valid, w_x=wx_in, b=b_in, unroll=unroll)
-    ys = hs if valid is None else jnp.where(valid, hs, jnp.zeros_like(hs))
-    return (ys, hs[-1]), (w_x, w_h, xs, h0, valid, hs, acts, hns)
+    hs, acts, hns = gru_recurrence(seq, w_h, b_hn, h0, valid=valid, flags=flags, hr=hr, w_x=wx_in, b=b_in,
+                                   unroll=unroll)
+    ys = hs if valid is None else jnp.where(valid[..., None], hs, jnp.zeros_like(hs))
+    return (ys, hs[-1]), (w_x, w_h, xs, h0, valid, flags, hr, hs, acts, hns)
 
 
 def _gru_bwd(unroll, hoist, res, cotangents):
-    w_x, w_h, xs, h0, valid, hs, acts, hns = res
+    w_x, w_h, xs, h0, valid, flags, hr, hs, acts, hns = res
     dys, dh_last = cotangents
-    h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-    dpx, drec, dh0 = gru_recurrence_grad(w_h, acts, hns, h_prevs, dys, dh_last, valid=valid, unroll=unroll)
+    h_prevs = _entering(hs, h0, flags, hr)
+    dpx, drec, dh0, dhr = gru_recurrence_grad(w_h, acts, hns, h_prevs, dys, dh_last, valid=valid, flags=flags,
+                                              unroll=unroll)
     dw_x, db, dxs = _input_grads(xs, w_x, dpx)
     H = w_h.shape[0]
     db_hn = jnp.sum(_f32(drec[..., 2 * H:]), axis=(0, 1)).astype(w_h.dtype)
-    return dw_x, _weight_grad(h_prevs, drec, w_h.dtype), db, db_hn, dxs, dh0, None
+    return (dw_x, _weight_grad(h_prevs, drec, w_h.dtype), db, db_hn, dxs, dh0, None, None,
+            dhr if flags is not None else None)
 
 
 gru_layer.defvjp(_gru_fwd, _gru_bwd)
