@@ -293,7 +293,7 @@ def _input_leaves(name: str, xs: Any) -> list[tuple[str, Any]]:
 def _input_dtypes(name: str, leaves, dtype) -> None:
     for leaf_name, leaf in leaves:
         got = jnp.dtype(leaf.dtype)
-        if jnp.issubdtype(got, jnp.floating) and got != dtype:
+        if got != dtype:
             raise TypeError(f"`{leaf_name}` has dtype {got} but the parameters are {dtype}; cast one of "
                             f"them (e.g. `{name}.astype(jnp.{dtype.name})`).")
 

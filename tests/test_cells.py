@@ -18,6 +18,7 @@ forms and MUT1-3:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -82,6 +83,19 @@ REFERENCES = {"rnn": ref.rnn, "lstm": ref.lstm, "gru": ref.gru, "mut1": ref.mut1
 MUT_KERNELS = {"mut1": "zr", "mut2": "zh", "mut3": "zrh"}
 
 
+def family(cell):
+    """The reference family of a cell, from its typed config."""
+    config = cell.config
+    if isinstance(config, lj.MUTConfig):
+        return config.variant
+    return {lj.RNNConfig: "rnn", lj.LSTMConfig: "lstm", lj.GRUConfig: "gru"}[type(config)]
+
+
+def options(cell):
+    """A cell's hyper-parameters by name (its config's fields)."""
+    return {f.name: getattr(cell.config, f.name) for f in dataclasses.fields(cell.config)}
+
+
 def lstm_blocks(opts):
     """(all blocks, sigmoid blocks) of an LSTM, as letters in fused order."""
     on = {"i": opts["input_gate"] and not opts["coupled"], "f": opts["forget_gate"], "g": True,
@@ -100,16 +114,16 @@ def split(a, names, prefix=""):
 def ref_params(cell, params):
     """Our fused params -> the reference's per-gate dict."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    if cell.name == "rnn":
+    if family(cell) == "rnn":
         return {"W_x": p.w_x, "W_h": p.w_h, "b": p.b}
-    if cell.name == "gru":
+    if family(cell) == "gru":
         out = {**split(p.w_x, "rzn", "W_x"), **split(p.w_h, "rzn", "W_h"), **split(p.b, "rzn", "b_")}
         return out if p.b_hn is None else dict(out, b_hn=p.b_hn)
-    if cell.name in MUT_KERNELS:
-        out = {**split(p.w_x, MUT_KERNELS[cell.name], "W_x"), **split(p.b, "zrh", "b_"),
+    if family(cell) in MUT_KERNELS:
+        out = {**split(p.w_x, MUT_KERNELS[family(cell)], "W_x"), **split(p.b, "zrh", "b_"),
                "W_hr": p.w_hr, "W_hh": p.w_hh}
         return out if p.w_hz is None else dict(out, W_hz=p.w_hz)
-    blocks, sig = lstm_blocks(cell.options)
+    blocks, sig = lstm_blocks(options(cell))
     out = {**split(p.w_x, blocks, "W_x"), **split(p.w_h, blocks, "W_h"), **split(p.b, blocks, "b_")}
     for k, v in (("i", p.peephole_i), ("f", p.peephole_f), ("o", p.peephole_o)):
         if v is not None:
@@ -128,22 +142,23 @@ def ref_params(cell, params):
 def ref_state(cell, carry):
     """Our carry NamedTuple -> the reference's state dict (float64)."""
     f64 = lambda a: np.asarray(a, np.float64)
-    if cell.name != "lstm":
+    if family(cell) != "lstm":
         return {"h": f64(carry.hidden)}
     state = {"h": f64(carry.hidden), "c": f64(carry.cell)}
     if carry.gates is not None:
-        state["prev"] = split(carry.gates, lstm_blocks(cell.options)[1])
+        state["prev"] = split(carry.gates, lstm_blocks(options(cell))[1])
     return state
 
 
 def run_reference(cell, params, xs, carry=None):
     """The reference for ``cell``'s family on our params, inputs and (optional) carry."""
-    if cell.name == "lstm":  # every constructor option except sizes and the init-only bias
-        opts = {k: v for k, v in cell.options.items() if k not in ("hidden_size", "forget_bias")}
+    if family(cell) == "lstm":  # every constructor option except sizes and the init-only bias
+        opts = {k: v for k, v in options(cell).items()
+                if k not in ("hidden_size", "forget_bias", "kernel_init", "recurrent_init", "bias_init")}
     else:
-        opts = {k: cell.options[k] for k in {"rnn": ["activation"], "gru": ["reset_after"]}.get(cell.name, [])}
+        opts = {k: options(cell)[k] for k in {"rnn": ["activation"], "gru": ["reset_after"]}.get(family(cell), [])}
     state = None if carry is None else ref_state(cell, carry)
-    return REFERENCES[cell.name](ref_params(cell, params), np.asarray(xs, np.float64), state, **opts)
+    return REFERENCES[family(cell)](ref_params(cell, params), np.asarray(xs, np.float64), state, **opts)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -363,10 +378,10 @@ _LSTM_SHAPES = {  # name: (G, S, peepholes present (i, f, o), O)
 def test_lstm_init_shapes(name):
     G, S, (pi, pf, po), O = _LSTM_SHAPES[name]
     cell = CELLS[name]()
-    fgr, proj = cell.options["full_gate_recurrence"], cell.options["proj_size"]
+    fgr, proj = options(cell)["full_gate_recurrence"], options(cell)["proj_size"]
     params = cell.init(jax.random.key(0), I, dtype=F64)
     peep = lambda on: (H,) if on else None
-    ln = lambda n: (n,) if cell.options["layer_norm"] else None
+    ln = lambda n: (n,) if options(cell)["layer_norm"] else None
     assert _shapes(params) == dict(
         w_x=(I, G * H), w_h=(O, G * H), b=(G * H,), peephole_i=peep(pi), peephole_f=peep(pf),
         peephole_o=peep(po), w_gates=(S * H, S * H) if fgr else None, w_proj=(H, P) if proj else None,
@@ -402,7 +417,7 @@ def _assert_orthonormal(w, tol):
 def test_recurrent_blocks_are_orthogonal(name):
     cell = CELLS[name]()
     params = cell.init(jax.random.key(4), I, dtype=F64)
-    if cell.name in MUT_KERNELS:
+    if family(cell) in MUT_KERNELS:
         blocks = [params.w_hz, params.w_hr, params.w_hh]
     else:  # each [O, H] block of w_h (and each [S*H, H] block of w_gates) on its own
         blocks = list(split(params.w_h, range(params.w_h.shape[1] // H)).values())
@@ -437,7 +452,7 @@ def test_pytorch_uniform_bounds(hidden_size, dtype):
 
 def test_greff_variants():
     assert set(lj.GREFF_VARIANTS) == {"V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR"}
-    vanilla = lj.greff_variant("V", H).options
+    vanilla = options(lj.greff_variant("V", H))
     assert vanilla["peephole"] is True
     changed = {  # each variant changes exactly one thing relative to V (Greff et al. 2015)
         "NIG": {"input_gate": False}, "NFG": {"forget_gate": False}, "NOG": {"output_gate": False},
@@ -445,8 +460,8 @@ def test_greff_variants():
         "NP": {"peephole": False}, "CIFG": {"coupled": True}, "FGR": {"full_gate_recurrence": True},
     }
     for name, diff in changed.items():
-        opts = lj.greff_variant(name, H).options
+        opts = options(lj.greff_variant(name, H))
         assert {k: v for k, v in opts.items() if vanilla[k] != v} == diff, name
-    assert lj.greff_variant("NP", H, forget_bias=0.0).options["forget_bias"] == 0.0
+    assert lj.greff_variant("NP", H, forget_bias=0.0).config.forget_bias == 0.0
     with pytest.raises(ValueError, match="`name` must be one of"):
         lj.greff_variant("LSTM", H)

@@ -1,10 +1,11 @@
-"""The fused LSTM/GRU path (``lstm_jax.fused``, ``unroll(impl="fused" | "pallas")``).
+"""The fused LSTM/GRU forms (``lstm_jax.kernels.fused_rnn``, ``unroll(impl="fused" | "pallas")``).
 
 Its backward pass is written by hand, so each test holds it against something independent:
 JAX's own differentiation of the generic scan (``impl="scan"``, itself checked against a
 Python loop, NumPy references and PyTorch elsewhere) on outputs, final carries and gradients
 with respect to the parameters, the inputs and the initial carry, in float64 to ~1e-12, under
-every option ``unroll`` offers; and finite differences on the layer functions directly.
+every option ``unroll`` offers (lengths, reverse, resets, layouts, unroll factors); and finite
+differences on the layer functions directly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from jax.test_util import check_grads
 
 import helpers  # tests/helpers.py
 import lstm_jax as lj
-from lstm_jax import fused
+from lstm_jax.kernels import fused_rnn as fused
 
 F64, F32, BF16 = jnp.float64, jnp.float32, jnp.bfloat16
 I, T, H = 3, 6, 5
@@ -49,9 +50,13 @@ def value_and_grads(cell, params, xs, carry, impl, **kw):
     return out, grads
 
 
+RESETS = np.zeros((4, T), bool)
+RESETS[0, 3] = RESETS[1, [0, 2]] = RESETS[3, [1, 4, 5]] = True  # at step 0, past a length, twice in a row
 OPTIONS = [dict(), dict(reverse=True), dict(lengths=[6, 2, 0, 5]), dict(lengths=[6, 2, 0, 5], reverse=True),
-           dict(time_major=True), dict(unroll=4), dict(unroll=True)]
-OPTION_IDS = ["plain", "reverse", "lengths", "lengths_reverse", "time_major", "unroll4", "unroll_all"]
+           dict(time_major=True), dict(unroll=4), dict(unroll=True), dict(resets=RESETS),
+           dict(resets=RESETS, reverse=True), dict(resets=RESETS, lengths=[6, 2, 0, 5], reverse=True)]
+OPTION_IDS = ["plain", "reverse", "lengths", "lengths_reverse", "time_major", "unroll4", "unroll_all", "resets",
+              "resets_reverse", "resets_lengths_reverse"]
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
@@ -60,6 +65,8 @@ def test_fused_equals_scan_with_gradients(name, options):
     cell, params, xs, carry = problem(name)
     if options.get("time_major"):
         xs = jnp.swapaxes(xs, 0, 1)
+    if "resets" in options:
+        options = dict(options, resets=jnp.asarray(options["resets"]))
     got = value_and_grads(cell, params, xs, carry, "fused", **options)
     want = value_and_grads(cell, params, xs, carry, "scan", **options)
     helpers.assert_trees_close(got, want, rtol=1e-11, atol=1e-12)
@@ -100,18 +107,23 @@ def test_low_precision_matches_and_keeps_its_dtype(name, dtype, tol):
 
 
 def test_layer_gradients_match_finite_differences():
-    """The hand-written VJPs against central differences (float64), with a length mask."""
+    """The hand-written VJPs against central differences (float64), with a length mask and
+    resets (the reset carry gets its gradient too)."""
     rng = np.random.default_rng(3)
     B = 3
-    valid = (jnp.arange(T)[:, None] < jnp.array([6, 4, 1])[None, :])[..., None]
+    valid = jnp.arange(T)[:, None] < jnp.array([6, 4, 1])[None, :]  # [T, B]
+    flags = jnp.asarray(rng.random((T, B)) < 0.3) & valid
     w_x, w_h, b = (helpers.normal(rng, s, F64) * 0.5 for s in ((I, 4 * H), (H, 4 * H), (4 * H,)))
     xs, h0, c0 = helpers.normal(rng, (T, B, I)), helpers.normal(rng, (B, H)), helpers.normal(rng, (B, H))
+    hr, cr = helpers.normal(rng, (B, H)), helpers.normal(rng, (B, H))
     for hoist in (True, False):
-        lstm = lambda *a, hoist=hoist: fused.lstm_layer(*a, valid, 1, hoist)
-        check_grads(lstm, (w_x, w_h, b, xs, h0, c0), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        lstm = lambda w_x, w_h, b, xs, h0, c0, hr, cr, hoist=hoist: fused.lstm_layer(
+            w_x, w_h, b, xs, h0, c0, valid, flags, hr, cr, 1, hoist)
+        check_grads(lstm, (w_x, w_h, b, xs, h0, c0, hr, cr), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
     g_w = [helpers.normal(rng, s, F64) * 0.5 for s in ((I, 3 * H), (H, 3 * H), (3 * H,), (H,))]
-    gru = lambda *a: fused.gru_layer(*a, valid, 2, False)
-    check_grads(gru, (*g_w, xs, h0), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    gru = lambda w_x, w_h, b, b_hn, xs, h0, hr: fused.gru_layer(w_x, w_h, b, b_hn, xs, h0, valid, flags, hr, 2,
+                                                                False)
+    check_grads(gru, (*g_w, xs, h0, hr), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
@@ -170,12 +182,13 @@ def test_on_the_cpu_the_projection_runs_inside_the_scan():
 def test_impl_errors_name_the_reason(impl):
     cell = lj.lstm(H, peephole=True)
     params, xs = cell.init(jax.random.key(0), I), jnp.ones((2, T, I), F32)
-    with pytest.raises(ValueError, match=f"impl='{impl}'.*has no fused path"):
+    with pytest.raises(ValueError, match=re.escape(
+            f"`impl={impl!r}`: lstm(5, peephole=True) has no form {impl!r}; its forms: none")):
         lj.unroll(cell, params, xs, impl=impl)
     plain = lj.lstm(H)
     with pytest.raises(ValueError, match="`return_gates` needs the generic scan"):
         lj.unroll(plain, plain.init(jax.random.key(0), I), xs, impl=impl, return_gates=True)
-    with pytest.raises(ValueError, match="`impl` must be one of"):
+    with pytest.raises(ValueError, match=re.escape("lstm(5) has no form 'cudnn'; its forms: 'fused', 'pallas'")):
         lj.unroll(plain, plain.init(jax.random.key(0), I), xs, impl="cudnn")
 
 
@@ -185,8 +198,10 @@ def test_pallas_kernel_through_unroll_equals_the_scan():
     got = value_and_grads(cell, params, xs, carry, "pallas", reverse=True)
     want = value_and_grads(cell, params, xs, carry, "scan", reverse=True)
     helpers.assert_trees_close(got, want, rtol=1e-5, atol=2e-5)
-    with pytest.raises(ValueError, match="Pallas LSTM kernel takes no `lengths`"):
+    with pytest.raises(ValueError, match="`impl='pallas'` cannot be used here: this form takes no `lengths`"):
         lj.unroll(cell, params, xs, carry, impl="pallas", lengths=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match="this form takes no `resets`"):
+        lj.unroll(cell, params, xs, carry, impl="pallas", resets=jnp.asarray(RESETS))
     gru = lj.gru(H)
-    with pytest.raises(ValueError, match="gru has no 'pallas' kernel"):
+    with pytest.raises(ValueError, match=re.escape("gru(5) has no form 'pallas'; its forms: 'fused'")):
         lj.unroll(gru, gru.init(jax.random.key(0), I), xs, impl="pallas")

@@ -1,4 +1,4 @@
-"""The Pallas LSTM recurrence (lstm_jax/pallas_lstm.py), run in interpret mode on the CPU.
+"""The Pallas LSTM recurrence (lstm_jax/kernels/pallas_lstm.py), run in interpret mode on the CPU.
 
 Forward and backward kernels are checked against a float64 NumPy reference written from the
 equations, and the backward reference itself against ``jax.vjp`` of a plain ``lax.scan``
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax.pallas_lstm import lstm_backward_pallas, lstm_forward_pallas
+from lstm_jax.kernels.pallas_lstm import lstm_backward_pallas, lstm_forward_pallas
 
 # (T, B, H, block_b, dtype): T=1; odd B padded to one or two blocks; H padded (8, 12) or not (16).
 # Each case costs ~1 s of interpret-mode compiles, so float64 (exact math, 1e-12) and float32

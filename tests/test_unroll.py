@@ -89,7 +89,7 @@ def loop(cell, params, xs, carry=None, *, reverse=False, gates=False):
     for t in reversed(range(steps)) if reverse else range(steps):
         x_t = xs[..., t, :]
         if gates:
-            carry, ys[t], acts[t] = cell.recur_with_gates(params, carry, cell.project(params, x_t))
+            carry, ys[t], acts[t] = cell.recur(params, carry, cell.project(params, x_t), aux=True)
         else:
             carry, ys[t] = cell.step(params, carry, x_t)
         carries[t] = carry

@@ -1,10 +1,10 @@
 """The LSTM recurrence as Pallas kernels: one persistent launch per direction.
 
-The fused LSTM path (:mod:`lstm_jax.fused`) splits a layer into (a) the input projection
+The fused LSTM path (:mod:`lstm_jax.kernels.fused_rnn`) splits a layer into (a) the input projection
 ``px = x W_x + b`` for all steps at once, (b) the recurrence over time and (c) the weight
 gradients as large matmuls. This module writes (b) — forward and backward — as Pallas kernels
-following the math of :func:`lstm_jax.fused.lstm_recurrence` and
-:func:`lstm_jax.fused.lstm_recurrence_grad` (no ``valid`` masks; ``acts`` here is one
+following the math of :func:`lstm_jax.kernels.fused_rnn.lstm_recurrence` and
+:func:`lstm_jax.kernels.fused_rnn.lstm_recurrence_grad` (no ``valid`` masks; ``acts`` here is one
 ``[T, B, 4H]`` array):
 
 - the grid runs over blocks of ``block_b`` batch rows; each program loads ``W_h`` once, keeps
@@ -15,7 +15,7 @@ following the math of :func:`lstm_jax.fused.lstm_recurrence` and
 - dtypes float32 and bfloat16 are the targets (float16 and float64 are accepted too); matmuls
   accumulate in (at least) float32, elementwise math runs in (at least) float32, and
   ``h``, ``c`` (forward) and ``dh``, ``dc``, ``dz`` (backward) are rounded to the input dtype
-  each step, exactly as :mod:`lstm_jax.fused` does, so the two paths agree to rounding.
+  each step, exactly as :mod:`lstm_jax.kernels.fused_rnn` does, so the two paths agree to rounding.
 
 Triton wants power-of-two tensors with every ``dot`` dimension >= 16, so the wrappers pad the
 batch up to a multiple of ``block_b`` and each gate block's width ``H`` up to the next power of
@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
+
+from lstm_jax.ops import lstm_update
 
 Array = jax.Array
 
@@ -147,10 +149,8 @@ def _forward_kernel(px_ref, w_ref, h0_ref, c0_ref, hs_ref, cs_ref, acts_ref):
         h, c = carry  # [b, H] each, input dtype
         z = [px_ref[t, :, gate[k]].astype(acc) + jnp.dot(h, w[k], preferred_element_type=acc)
              for k in range(4)]
-        i, f, g, o = jax.nn.sigmoid(z[0]), jax.nn.sigmoid(z[1]), jnp.tanh(z[2]), jax.nn.sigmoid(z[3])
-        c_new = f * c.astype(acc) + i * g
-        h_new = o * jnp.tanh(c_new)
-        for k, a in enumerate((i, f, g, o)):
+        h_new, c_new, gates = lstm_update(z[0], z[1], z[2], z[3], c.astype(acc))
+        for k, a in enumerate(gates[n] for n in ("input", "forget", "candidate", "output")):
             acts_ref[t, :, gate[k]] = a.astype(dtype)
         h_new, c_new = h_new.astype(dtype), c_new.astype(dtype)
         hs_ref[t] = h_new
