@@ -9,12 +9,14 @@ Two kinds:
   sequence (``xs``, ``carry``, ``lengths``, ``resets``). Values of concrete arrays are
   checked too (``lengths`` in ``[0, T]``).
 * **Value checks** under ``jit`` (``lengths`` within ``[0, T]``, finite inputs in the valid
-  region) run only inside :func:`checked`, through ``chex.chexify``; they are not even traced
-  otherwise, so they cost nothing when off.
+  region) run only inside :func:`checked`, through ``jax.experimental.checkify``; they are
+  not even traced otherwise, so they cost nothing when off.
 
 Static errors are ``ValueError`` (shapes, values) and ``TypeError`` (types, dtypes), the
-exceptions Python code raises for bad arguments; chex's static assertions raise
-``AssertionError`` with a generic prefix, so they serve the tests, not these messages.
+exceptions Python code raises for bad arguments. chex's static assertions raise
+``AssertionError`` under a generic "[Chex] Assertion ... failed" prefix, which would make
+these messages less clear and change what callers catch, so chex serves the tests (tree
+comparisons) rather than these checks.
 """
 
 from __future__ import annotations
@@ -448,9 +450,10 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     Inside ``checked(fn)``, :func:`lstm_jax.unroll` and the layers add runtime checks that
     static checks cannot do on traced values: ``lengths`` within ``[0, T]`` and inputs
-    finite within each sequence's length. A failed check raises an exception naming the
-    argument when the call returns (``chex.chexify`` with synchronous checks). Outside
-    ``checked`` those checks are not even traced, so they cost nothing.
+    finite within each sequence's length. ``fn`` runs through
+    ``jax.experimental.checkify`` and a failed check raises (``JaxRuntimeError``, naming the
+    argument) when the call returns. Outside ``checked`` those checks are not even traced,
+    so they cost nothing.
 
     Pass the plain function (``checked(loss)``, not an already-jitted one that was traced
     before: JAX would reuse that trace, which has no checks); it may call ``jax.jit``
@@ -458,13 +461,20 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     Example::
 
-        loss_checked = lj.checked(lambda p, xs, n: lj.unroll(cell, p, xs, lengths=n)[0].sum())
-        loss_checked(params, xs, jnp.array([7]))   # ValueError-like: `lengths` must lie in [0, 5]
+        loss_checked = lj.checked(lambda p, xs, n: jnp.sum(lj.unroll(cell, p, xs, lengths=n)[0]))
+        loss_checked(params, xs, jnp.array([7]))   # T = 5: `lengths` must lie in [0, 5]
     """
-    import chex
+    from jax.experimental import checkify
 
     def traced_with_checks(*args, **kwargs):
         with _value_checks():
             return fn(*args, **kwargs)
 
-    return chex.chexify(traced_with_checks, async_check=False)
+    with_errors = checkify.checkify(traced_with_checks)
+
+    def run(*args, **kwargs):
+        error, out = with_errors(*args, **kwargs)
+        error.throw()
+        return out
+
+    return run
