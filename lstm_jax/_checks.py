@@ -363,7 +363,9 @@ def tree_like(name: str, got: Any, want: Any, owner: str, batch: tuple[int, ...]
         fits = len(got_shape) == len(want_shape) and all(
             g == e or (e == 0 and i >= len(batch)) for i, (g, e) in enumerate(zip(got_shape, want_shape)))
         if not fits:
-            raise ValueError(f"`{leaf_name}` must have shape {want_shape}"
+            shown = "(" + ", ".join("*" if e == 0 and i >= len(batch) else str(e)
+                                    for i, e in enumerate(want_shape)) + ("," if len(want_shape) == 1 else "") + ")"
+            raise ValueError(f"`{leaf_name}` must have shape {shown}"
                              + (f" for batch shape {batch}" if batch else "") + f" ({owner}), got {got_shape}.")
         if jnp.dtype(leaf.dtype) != jnp.dtype(w.dtype):
             raise TypeError(f"`{leaf_name}` must have dtype {jnp.dtype(w.dtype)} (as {owner}), got "

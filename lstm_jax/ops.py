@@ -124,7 +124,7 @@ def masked_softmax(scores: Array, mask: Array | None = None) -> Array:
     Masked scores are replaced (``jnp.where``) before the exponential, so neither they nor
     their gradients can overflow, and the exponentials are zeroed with a second ``where``.
     A row with every position masked gets all-zero weights (its denominator is 0 and is
-    replaced by 1), with zero gradients, never NaN.
+    replaced by 1), with zero gradients, never NaN; so does an empty memory (``S = 0``).
 
     Args:
       scores: ``[..., S]`` floating scores.
@@ -136,7 +136,7 @@ def masked_softmax(scores: Array, mask: Array | None = None) -> Array:
     if mask is None:
         return jax.nn.softmax(scores, axis=-1)
     fill = jnp.finfo(jnp.result_type(scores)).min  # the "-inf-like" score of a masked position
-    top = jax.lax.stop_gradient(jnp.max(jnp.where(mask, scores, fill), axis=-1, keepdims=True))
+    top = jax.lax.stop_gradient(jnp.max(jnp.where(mask, scores, fill), axis=-1, keepdims=True, initial=fill))
     e = jnp.where(mask, jnp.exp(jnp.where(mask, scores, top) - top), jnp.zeros_like(scores))
     total = jnp.sum(e, axis=-1, keepdims=True)  # >= 1 unless every position is masked
     return e / jnp.where(total > 0, total, jnp.ones_like(total))

@@ -241,6 +241,9 @@ def unroll(
         resets = _checks.resets(resets, batch, T, time_major)
         if reset_to is None:
             reset_to = cell.init_carry(params, batch)
+            _checks.tree_like("reset_to", reset_to, jax.eval_shape(lambda: carry), "the carry (pass `reset_to`: "
+                              f"the default, `cell.init_carry(params, {batch})`, does not fit the carry, as for "
+                              "an attention decoder whose carry holds its memory)", batch)
         else:
             _checks.carry(cell, params, reset_to, batch, name="reset_to")
     elif reset_to is not None:

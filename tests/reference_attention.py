@@ -8,7 +8,8 @@ only the unmasked positions enter the sum, one example at a time.
 * Bahdanau et al. 2015 (A.1.2): ``e_j = v^T tanh(W_s s + W_h h_j)``.
 * Luong et al. 2015 (eq. 8): ``dot: e_j = s^T h_j``; ``general: e_j = s^T W h_j``.
 * ``alpha_j = exp(e_j) / sum_{k unmasked} exp(e_k)`` for unmasked ``j``, 0 otherwise;
-  ``c = sum_j alpha_j h_j``; a row with nothing unmasked has ``alpha = 0``, ``c = 0``.
+  ``c = sum_j alpha_j h_j``; a row with nothing unmasked (or an empty memory, ``S = 0``) has
+  ``alpha = 0``, ``c = 0``.
 * Luong (eqs. 5, input feeding sec. 3.3) and Bahdanau decoders, stepped in a Python loop with
   the LSTM reference of ``tests/reference.py``.
 """
