@@ -14,8 +14,9 @@ Implementations (those that cannot run here are skipped with the reason printed)
   ``impl="auto"`` (the fused path with the hand-written backward), at ``--unroll`` (the
   reference for the ratios) and at every factor of ``--unrolls``; plus one row per further
   ``--impls`` entry at ``--unroll``: ``scan`` (the generic scan, differentiated by JAX: what
-  the fused path is measured against) and, for the LSTM, ``pallas`` (the Pallas kernels;
-  interpret mode off the GPU, so only meaningful on a GPU);
+  the fused path is measured against) or one of the cell's forms by name (``cell.forms``:
+  ``fused`` for both, ``pallas`` for the LSTM, the Pallas kernels; interpret mode off the
+  GPU, so only meaningful on a GPU); a cell without that form skips the row;
 - ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H) | nn.GRUCell(H), unroll=--unroll)``;
 - ``equinox``: ``eqx.nn.LSTMCell | GRUCell`` in ``jax.lax.scan(unroll=--unroll)``, vmapped
   over the batch (Equinox's documented pattern);
@@ -69,6 +70,8 @@ from lstm_jax.train import write_json  # noqa: E402
 CPU_SIZES = "32x128x256,8x500x128"
 GPU_SIZES = "64x512x512,16x1000x256,256x128x1024,8x2000x128,128x256x2048"
 CELLS = {"lstm": (lj.lstm, 4), "gru": (lj.gru, 3)}  # constructor, gate blocks G
+# --impls: the generic scan, or any of the benchmarked cells' forms by name.
+IMPLS = sorted({"scan"} | {form for make, _ in CELLS.values() for form in make(1).forms})
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 OURS = "lstm_jax"
 
@@ -87,8 +90,8 @@ def parse_args(argv=None):
     p.add_argument("--unrolls", default="1,4,8",
                    help="comma-separated further unroll factors to time ours at ('' for none)")
     p.add_argument("--impls", default=None,
-                   help="comma-separated further implementations of ours, from scan,fused,pallas "
-                        "(default scan on CPU; scan,pallas on GPU)")
+                   help=f"comma-separated further implementations of ours: scan (the generic scan) or a "
+                        f"form of the cell, from {','.join(IMPLS)} (default scan on CPU; scan,pallas on GPU)")
     p.add_argument("--plot", default=None, help="PNG path (default: --out with .png; '' for none)")
     p.add_argument("--peers", default="flax,equinox,torch,torch-cudnn,jax-cudnn",
                    help="comma-separated peers to run (default all; those that cannot run are skipped)")
@@ -114,9 +117,9 @@ def parse_args(argv=None):
     args.peers = [n for n in args.peers.split(",") if n]
     args.impls = [n for n in (args.impls if args.impls is not None else
                               ("scan,pallas" if on_gpu else "scan")).split(",") if n]
-    unknown = [n for n in args.impls if n not in ("scan", "fused", "pallas")]
+    unknown = [n for n in args.impls if n not in IMPLS]
     if unknown:
-        p.error(f"--impls: unknown {unknown}; choose from ['fused', 'pallas', 'scan']")
+        p.error(f"--impls: unknown {unknown}; choose from {IMPLS}")
     if args.plot is None:
         args.plot = str(pathlib.Path(args.out).with_suffix(".png"))
     for flag, names, known in (("--cells", args.cells, CELLS), ("--dtypes", args.dtypes, DTYPES),
@@ -188,8 +191,8 @@ def jax_impl(name: str, apply: Callable, weights: Any, xs: jax.Array, note: str 
 
 
 def build_ours(p: Problem, unroll: int, impl: str = "auto") -> Impl:
-    if impl == "pallas" and p.cell_name != "lstm":
-        raise Skip("the Pallas kernels are LSTM only")
+    if impl not in ("auto", "scan") and impl not in p.cell.forms:
+        raise Skip(f"{p.cell!r} has no form {impl!r} (its forms: {', '.join(p.cell.forms) or 'none'})")
 
     def apply(params, xs):
         return lj.unroll(p.cell, params, xs, unroll=unroll, impl=impl)[0]

@@ -23,7 +23,7 @@ import sys
 
 import jax
 
-from lstm_jax.cells import CELL_CONSTRUCTORS, cell_by_name
+from lstm_jax.cells.registry import CELL_CONSTRUCTORS, cell_by_name
 from lstm_jax.data import TASKS, get_task
 from lstm_jax.models import readout
 from lstm_jax.train import TrainConfig, data_parallel_mesh, fit, markdown_table, write_json, write_text

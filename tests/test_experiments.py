@@ -1,16 +1,29 @@
 """The flagship experiment script end to end at toy size: results, table, plot, resume, and
-the messages for bad flags."""
+the messages for bad flags; the speed benchmark's choice of our implementations."""
 
 import importlib.util
 import json
 import pathlib
+import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-SCRIPT = pathlib.Path(__file__).parent.parent / "experiments" / "long_term_deps.py"
-spec = importlib.util.spec_from_file_location("long_term_deps", SCRIPT)
-long_term_deps = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(long_term_deps)
+import lstm_jax as lj
+
+
+def load(name):
+    """An experiment script as a module (registered, as its dataclasses need)."""
+    path = pathlib.Path(__file__).parent.parent / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+long_term_deps = load("long_term_deps")
+benchmark = load("benchmark")
 
 TINY = ["--lengths", "12", "--steps", "20", "--hidden", "8", "--batch", "8", "--test-size", "16",
         "--checkpoint-every", "10"]
@@ -59,3 +72,17 @@ def test_more_devices_than_exist_is_refused_before_training(capsys):
     with pytest.raises(SystemExit):
         long_term_deps.parse_args(["--num-devices", "2"])
     assert "`num_devices` must lie in [1, 1]" in capsys.readouterr().err
+
+
+def test_benchmark_rows_are_the_scan_and_the_cells_forms_by_name(capsys):
+    assert benchmark.IMPLS == ["fused", "pallas", "scan"]  # the union of lstm's and gru's forms, and scan
+    assert benchmark.parse_args(["--impls", "scan,fused"]).impls == ["scan", "fused"]
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--impls", "scan,parallel"])
+    assert "--impls: unknown ['parallel']; choose from ['fused', 'pallas', 'scan']" in capsys.readouterr().err
+    cell = lj.gru(4)
+    params = cell.init(jax.random.key(0), 4)
+    problem = benchmark.Problem("gru", cell, 3, params, jnp.ones((2, 3, 4), jnp.float32), "float32", 1, False)
+    with pytest.raises(benchmark.Skip, match=r"gru\(4\) has no form 'pallas' \(its forms: fused\)"):
+        benchmark.build_ours(problem, 1, "pallas")
+    assert benchmark.build_ours(problem, 1, "fused").name == "lstm_jax fused"

@@ -3,6 +3,7 @@
 Flax's ``LSTMCell``/``OptimizedLSTMCell`` and ``GRUCell`` keep one Dense per gate (``ii``,
 ``hf``, ...); we slice our fused ``[in, G*H]`` matrices into them. Flax's GRU is the
 reset-after form, with the input bias of ``n`` outside and the recurrent one inside ``r * (.)``.
+Both our generic scan and the cells' ``"fused"`` form (what ``impl="auto"`` picks) are checked.
 """
 
 import jax
@@ -44,14 +45,15 @@ def _flax_gru_params(p):
     }}}
 
 
+@pytest.mark.parametrize("impl", ["scan", "fused"])
 @pytest.mark.parametrize("dtype, tol", [(jnp.float64, 1e-12), (jnp.float32, 1e-5)])
 @pytest.mark.parametrize("flax_cell", ["LSTMCell", "OptimizedLSTMCell", "GRUCell"])
-def test_matches_flax(flax_cell, dtype, tol):
+def test_matches_flax(flax_cell, dtype, tol, impl):
     is_gru = flax_cell == "GRUCell"
     cell = lj.gru(H) if is_gru else lj.lstm(H)
     params = _random_like(cell.init(jax.random.key(0), I, dtype=dtype), jax.random.key(1))
     xs = jax.random.normal(jax.random.key(2), (B, T, I), dtype)
-    ys, carry = lj.unroll(cell, params, xs)
+    ys, carry = lj.unroll(cell, params, xs, impl=impl)
 
     module = nn.RNN(getattr(nn, flax_cell)(features=H, param_dtype=dtype, dtype=dtype), return_carry=True)
     variables = _flax_gru_params(params) if is_gru else _flax_lstm_params(params)

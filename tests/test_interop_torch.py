@@ -1,7 +1,9 @@
 """PyTorch interop: ``from_torch`` layers compute exactly what ``nn.RNN``/``nn.LSTM``/``nn.GRU``
-compute (outputs, final states, gradients, initial states, padded batches), ``to_torch`` goes
-back, the converters refuse what PyTorch cannot express, and the library never needs torch."""
+compute (outputs, final states, gradients, initial states, padded batches) and are typed,
+hashable configs, ``to_torch`` goes back, the converters refuse what PyTorch cannot express
+(naming it), and the library never needs torch."""
 
+import functools
 import itertools
 import os
 import subprocess
@@ -96,12 +98,34 @@ def test_outputs_and_final_states_match_pytorch(kind, config, dtype):
 def test_from_torch_structure_is_a_stack_of_per_layer_params():
     module = make("lstm_proj", num_layers=1, bidirectional=False, batch_first=False, dtype=torch.float32)
     layer, params = from_torch(module)
-    assert layer.spec["kind"] == "stack" and len(layer.spec["layers"]) == 1
+    assert isinstance(layer.config, lj.StackConfig) and len(layer.config.layers) == 1
+    assert layer.config.layers[0].config == lj.LayerConfig(lj.lstm(H, forget_bias=0.0, proj_size=P),
+                                                           time_major=True)
     assert layer.time_major and layer.output_size == P
     assert isinstance(params, tuple) and isinstance(params[0], lj.LSTMParams)
     assert params[0].w_x.shape == (I, 4 * H) and params[0].w_h.shape == (P, 4 * H)
     assert params[0].w_proj.shape == (H, P)
     assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.float32)}
+
+
+def test_from_torch_layers_are_typed_hashable_and_equal_by_config():
+    a, params = from_torch(make("gru"))
+    b, _ = from_torch(make("gru"))
+    c, _ = from_torch(make("gru", batch_first=False))
+    assert a == b and hash(a) == hash(b) and a != c and len({a, b, c}) == 2
+    assert a == lj.stack([lj.bidirectional(lj.gru(H), lj.gru(H), merge="concat")] * 2)
+    assert repr(a) == ("stack([bidirectional(layer(gru(5)), layer(gru(5), reverse=True), merge='concat'), "
+                       "bidirectional(layer(gru(5)), layer(gru(5), reverse=True), merge='concat')])")
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(layer, params, xs):
+        traces.append(layer)
+        return layer.apply(params, xs)[0]
+
+    xs = jnp.asarray(inputs(make("gru")).numpy())
+    np.testing.assert_array_equal(run(a, params, xs), run(b, params, xs))
+    assert traces == [a]  # equal layers share one compiled program
 
 
 def test_unbatched_input_matches_pytorch():
@@ -203,7 +227,7 @@ def test_lengths_equal_each_unpadded_sequence_in_pytorch(batch_first):
 def test_round_trip_reproduces_module_and_params(kind):
     module = make(kind, batch_first=False, dropout=0.25).eval()
     layer, params = from_torch(module)
-    assert layer.spec["dropout_rate"] == 0.25
+    assert layer.config.dropout_rate == 0.25
     back = to_torch(layer, params).eval()
     for attr in ("mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
                  "bidirectional", "proj_size"):
@@ -247,14 +271,16 @@ UNSUPPORTED = {
     "no forget gate": (lambda: lj.stack([lj.lstm(4, forget_gate=False)]), "without a forget gate"),
     "identity output": (lambda: lj.stack([lj.lstm(4, output_activation="identity")]), "output activations"),
     "gru reset_after": (lambda: lj.stack([lj.gru(4, reset_after=False)]), "reset_after=False"),
-    "mut": (lambda: lj.stack([lj.mut3(4)]), "'mut3' has no PyTorch equivalent"),
+    "mut": (lambda: lj.stack([lj.mut3(4)]), r"layers\[0\]: cell 'mut3' has no PyTorch equivalent .*got mut3\(4\)"),
+    "min_gru": (lambda: lj.stack([lj.min_gru(4)]), r"cell 'min_gru' has no PyTorch equivalent .*got min_gru\(4\)"),
     "sizes": (lambda: lj.stack([lj.lstm(4), lj.lstm(5)]), "different sizes"),
     "proj sizes": (lambda: lj.stack([lj.lstm(4, proj_size=2), lj.lstm(4, proj_size=3)]), "different sizes"),
     "types": (lambda: lj.stack([lj.lstm(4), lj.gru(4)]), "different types"),
     "directions": (lambda: lj.stack([lj.bidirectional(lj.gru(4), lj.gru(4)), lj.gru(4)]), "mixed directions"),
     "merge": (lambda: lj.stack([lj.bidirectional(lj.gru(4), lj.gru(4), merge="sum")]), "merge='sum'"),
     "reverse only": (lambda: lj.stack([lj.layer(lj.gru(4), reverse=True)]), "reverse-only"),
-    "not a stack": (lambda: lj.layer(lj.lstm(4)), "must be a stack"),
+    "not a stack": (lambda: lj.layer(lj.lstm(4)), r"must be a stack .* got layer\(lstm\(4\)\)"),
+    "learned carry": (lambda: lj.stack([lj.layer(lj.lstm(4), learn_initial_carry=True)]), "learned initial carry"),
     "nested stack": (lambda: lj.stack([lj.stack([lj.lstm(4)])]), "nested stacks"),
 }
 
@@ -291,7 +317,15 @@ def test_carry_conversion_errors():
     with pytest.raises(ValueError, match="needs `h0\\[0\\]` of size 5"):
         carry_from_torch(gru_layer, h0[..., :4])
     with pytest.raises(ValueError, match="must be a stack"):
-        carry_from_torch(lstm_layer.spec["layers"][0], h0, h0)
+        carry_from_torch(lstm_layer.config.layers[0], h0, h0)
+    with pytest.raises(ValueError, match=r"cell lstm\(5, .*full_gate_recurrence=True\) has a state PyTorch cannot"):
+        carry_from_torch(lj.stack([lj.greff_variant("FGR", H)]), h0[:1], h0[:1])
+    with pytest.raises(ValueError, match=r"cell min_gru\(5\) has a state PyTorch cannot express"):
+        carry_from_torch(lj.stack([lj.min_gru(H)]), h0[:1])
+    with pytest.raises(ValueError, match="mixes LSTM and non-LSTM cells"):
+        carry_from_torch(lj.stack([lj.lstm(H), lj.gru(H)]), h0[:2], h0[:2])
+    mut = carry_from_torch(lj.stack([lj.mut3(H)]), h0[:1])  # a MUT's state is a GRU's
+    assert isinstance(mut[0], lj.GRUState) and mut[0].hidden.shape == (B, H)
     mixed = (lj.LSTMState(jnp.zeros((B, H)), jnp.zeros((B, H))), lj.GRUState(jnp.zeros((B, H))))
     with pytest.raises(ValueError, match="mixes LSTM states"):
         carry_to_torch(mixed)

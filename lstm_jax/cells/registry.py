@@ -41,6 +41,10 @@ def cell_by_name(name: str, hidden_size: int, **options: Any) -> Cell:
       hidden_size: ``H``.
       **options: further constructor keywords (e.g. ``derivative_clip`` for LSTMs).
 
+    Returns:
+      The :class:`~lstm_jax.Cell`, equal to the one its constructor builds (cells compare by
+      config: ``cell_by_name("lstm_CIFG", 8) == greff_variant("CIFG", 8)``).
+
     Raises:
       ValueError: an unknown name, or an option the cell does not take.
     """

@@ -5,7 +5,8 @@ scripts stay generic::
 
     task = TASKS["adding"]
     batch = task.sample(key, 64, 100)                    # Batch(xs, targets, lengths)
-    model = readout(lj.lstm(128), task.output_size, at=task.readout_at)
+    model = readout(lj.lstm(128), task.output_size, at=task.readout_at)   # lstm_jax.models.readout
+    params = model.init(key, task.input_size)
     preds = model.apply(params, batch.xs, lengths=batch.lengths)
     loss = task.loss(preds, batch)
     metrics = task.evaluate(preds, batch)                # {"mse": ..., ...}

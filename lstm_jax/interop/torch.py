@@ -46,22 +46,21 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax.cell import Cell
-from lstm_jax.cells.gru import GRUParams, GRUState, gru
-from lstm_jax.cells.lstm import LSTMParams, LSTMState, lstm
-from lstm_jax.cells.rnn import RNNParams, RNNState, rnn
-from lstm_jax.layers import (BidirectionalCarry, BidirectionalParams, Layer, bidirectional,
-                             layer as make_layer, stack)
+from lstm_jax.cells.gru import GRUConfig, GRUParams, GRUState
+from lstm_jax.cells.lstm import LSTMConfig, LSTMParams, LSTMState
+from lstm_jax.cells.mut import MUTConfig
+from lstm_jax.cells.rnn import RNNConfig, RNNParams, RNNState
+from lstm_jax.layers import (BidirectionalCarry, BidirectionalConfig, BidirectionalParams, Layer, LayerConfig,
+                             StackConfig, bidirectional, layer as make_layer, stack)
 
 _MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
-_STATES = {"rnn": RNNState, "gru": GRUState, "lstm": LSTMState,
-           "mut1": GRUState, "mut2": GRUState, "mut3": GRUState}
-# lstm() options PyTorch cannot express: (option, the value PyTorch has, what it lacks).
+# LSTMConfig fields PyTorch cannot express: (field, the value PyTorch has, what it lacks).
 _LSTM_FIXED = (
     ("peephole", False, "peepholes"),
     ("coupled", False, "coupled input-forget gates (CIFG)"),
@@ -132,11 +131,11 @@ def _suffix(k: int, d: int) -> str:
 
 def _cell_for(module) -> Cell:
     H = module.hidden_size
-    if module.mode == "LSTM":
-        return lstm(H, forget_bias=0.0, proj_size=module.proj_size or None)
+    if module.mode == "LSTM":  # forget_bias only initialises; the converted biases are PyTorch's
+        return LSTMConfig(H, forget_bias=0.0, proj_size=module.proj_size or None).build()
     if module.mode == "GRU":
-        return gru(H, reset_after=True)
-    return rnn(H, activation="tanh" if module.mode == "RNN_TANH" else "relu")
+        return GRUConfig(H, reset_after=True).build()
+    return RNNConfig(H, activation="tanh" if module.mode == "RNN_TANH" else "relu").build()
 
 
 def _params_for(module, k: int, d: int, dtype):
@@ -203,23 +202,38 @@ def from_torch(module) -> tuple[Layer, tuple]:
 
 def _layer_cells(layer: Layer) -> list[tuple[Layer, list[Cell]]]:
     """``[(sub_layer, [cell] or [forward_cell, backward_cell])]`` for each layer of a stack."""
-    spec = getattr(layer, "spec", None)
-    kind = spec.get("kind") if isinstance(spec, Mapping) else None
-    if kind != "stack":
-        raise ValueError("`layer` must be a stack (as returned by from_torch or lstm_jax.stack; wrap a "
-                         f"single layer as stack([layer])), got a layer of kind {kind!r}.")
+    match layer:
+        case Layer(config=StackConfig(layers=layers)):
+            pass
+        case _:
+            got = repr(layer) if isinstance(layer, Layer) else f"a {type(layer).__name__}"
+            raise ValueError("`layer` must be a stack (as returned by from_torch or lstm_jax.stack; wrap a "
+                             f"single layer as stack([layer])), got {got}.")
     out = []
-    for k, sub in enumerate(spec["layers"]):
-        s = sub.spec
-        if s["kind"] == "layer":
-            out.append((sub, [s["cell"]]))
-        elif s["kind"] == "bidirectional" and s["forward"].spec["kind"] == s["backward"].spec["kind"] == "layer":
-            out.append((sub, [s["forward"].spec["cell"], s["backward"].spec["cell"]]))
-        else:
-            raise ValueError(f"`layer.layers[{k}]` must be a single-cell layer or a bidirectional pair "
-                             f"of them (PyTorch has nothing else), got kind {s['kind']!r} "
-                             "(nested stacks are not supported).")
+    for k, sub in enumerate(layers):
+        match sub.config:
+            case LayerConfig(cell=cell):
+                out.append((sub, [cell]))
+            case BidirectionalConfig(forward=Layer(config=LayerConfig(cell=fwd)),
+                                     backward=Layer(config=LayerConfig(cell=bwd))):
+                out.append((sub, [fwd, bwd]))
+            case _:
+                raise ValueError(f"`layer.config.layers[{k}]` must be a single-cell layer or a bidirectional pair "
+                                 f"of them (PyTorch has nothing else), got {sub!r} "
+                                 "(nested stacks are not supported).")
     return out
+
+
+def _state_type(cell: Cell) -> type | None:
+    """The carry NamedTuple that PyTorch's ``h_n`` (and ``c_n``) hold for ``cell``, if any."""
+    match cell.config:
+        case LSTMConfig(full_gate_recurrence=False):
+            return LSTMState
+        case GRUConfig() | MUTConfig():
+            return GRUState
+        case RNNConfig():
+            return RNNState
+    return None
 
 
 def carry_from_torch(layer: Layer, h0, c0=None) -> tuple:
@@ -227,7 +241,7 @@ def carry_from_torch(layer: Layer, h0, c0=None) -> tuple:
 
     Args:
       layer: a ``stack`` of single-cell layers and/or ``bidirectional`` pairs of them (read
-        from ``layer.spec``), with ``L*D`` directions in all.
+        from ``layer.config``), with ``L*D`` directions in all.
       h0: ``[L*D, ..., O]`` hidden states (``O`` = ``proj_size`` for a projected LSTM), a
         ``torch.Tensor`` (its dtype is kept) or an array; ``...`` is the batch shape
         (``[B]`` or none). Index ``k * D + d``: layer ``k``, direction ``d`` (1 = backward).
@@ -245,11 +259,12 @@ def carry_from_torch(layer: Layer, h0, c0=None) -> tuple:
     """
     layers = _layer_cells(layer)
     cells = [c for _, cs in layers for c in cs]
-    for c in cells:
-        if c.name not in _STATES or c.options.get("full_gate_recurrence"):
+    states = [_state_type(c) for c in cells]
+    for c, state_type in zip(cells, states):
+        if state_type is None:
             raise ValueError(f"cell {c!r} has a state PyTorch cannot express (only rnn, gru, mut and lstm "
                              "cells without full gate recurrence).")
-    is_lstm = {c.name == "lstm" for c in cells}
+    is_lstm = {state_type is LSTMState for state_type in states}
     if len(is_lstm) != 1:
         raise ValueError("`layer` mixes LSTM and non-LSTM cells, whose states PyTorch cannot hold in one h0/c0.")
     is_lstm = is_lstm.pop()
@@ -272,15 +287,13 @@ def carry_from_torch(layer: Layer, h0, c0=None) -> tuple:
                              + (f" and `c0[{i}]` of size {c.hidden_size}" if is_lstm else "")
                              + f", got {h0.shape[-1]}" + (f" and {c0.shape[-1]}." if is_lstm else "."))
 
-    def state(i, c):
-        if is_lstm:
-            return LSTMState(hidden=h0[i], cell=c0[i])
-        return _STATES[c.name](h0[i])
+    def state(i):
+        return LSTMState(hidden=h0[i], cell=c0[i]) if is_lstm else states[i](h0[i])
 
     carry, i = [], 0
     for _, cs in layers:
-        states = [state(i + d, c) for d, c in enumerate(cs)]
-        carry.append(states[0] if len(cs) == 1 else BidirectionalCarry(*states))
+        parts = [state(i + d) for d in range(len(cs))]
+        carry.append(parts[0] if len(cs) == 1 else BidirectionalCarry(*parts))
         i += len(cs)
     return tuple(carry)
 
@@ -336,41 +349,45 @@ def carry_to_torch(carry):
 # --------------------------------------------------------------------------- to_torch
 
 
-def _torch_signature(cell: Cell, where: str) -> tuple[str, int, int]:
-    """``(mode, hidden_size, proj_size)`` of the PyTorch module computing ``cell``, or ValueError."""
-    o = cell.options
-    if cell.name == "rnn":
-        return ("RNN_TANH" if o["activation"] == "tanh" else "RNN_RELU"), cell.hidden_size, 0
-    if cell.name == "gru":
-        if not o["reset_after"]:
+class _TorchSignature(NamedTuple):
+    """What a cell is in PyTorch's terms."""
+
+    mode: str  # RNNBase.mode: "RNN_TANH", "RNN_RELU", "LSTM" or "GRU"
+    hidden_size: int
+    proj_size: int  # 0: none
+    params: type  # our params NamedTuple for that mode
+
+
+def _torch_signature(cell: Cell, where: str) -> _TorchSignature:
+    """The PyTorch module computing ``cell``, or a ValueError naming what PyTorch lacks."""
+    match cell.config:
+        case RNNConfig(hidden_size=H, activation=activation):
+            return _TorchSignature("RNN_TANH" if activation == "tanh" else "RNN_RELU", H, 0, RNNParams)
+        case GRUConfig(reset_after=False):
             raise ValueError(f"{where}: PyTorch's nn.GRU applies the reset gate after the matmul; "
                              f"GRU reset_after=False is not supported ({cell!r}).")
-        return "GRU", cell.hidden_size, 0
-    if cell.name == "lstm":
-        for option, value, what in _LSTM_FIXED:
-            if o[option] != value:
-                raise ValueError(f"{where}: PyTorch's nn.LSTM has no {what} ({option}={o[option]!r} "
-                                 f"in {cell!r}).")
-        return "LSTM", cell.hidden_size, o["proj_size"] or 0
-    raise ValueError(f"{where}: cell {cell.name!r} has no PyTorch equivalent (only rnn, lstm and gru "
-                     "cells convert).")
+        case GRUConfig(hidden_size=H):
+            return _TorchSignature("GRU", H, 0, GRUParams)
+        case LSTMConfig(hidden_size=H, proj_size=proj_size) as config:
+            for option, value, what in _LSTM_FIXED:
+                if getattr(config, option) != value:
+                    raise ValueError(f"{where}: PyTorch's nn.LSTM has no {what} "
+                                     f"({option}={getattr(config, option)!r} in {cell!r}).")
+            return _TorchSignature("LSTM", H, proj_size or 0, LSTMParams)
+    raise ValueError(f"{where}: cell {cell.config.constructor!r} has no PyTorch equivalent (only rnn, lstm "
+                     f"and gru cells convert; got {cell!r}).")
 
 
-def _check_params(where: str, p, cell: Cell):
-    expected = {"rnn": RNNParams, "gru": GRUParams, "lstm": LSTMParams}[cell.name]
-    if not isinstance(p, expected):
-        raise ValueError(f"`params` for {where} must be {expected.__name__}, got {type(p).__name__}.")
-
-
-def _torch_tensors(cell: Cell, p) -> dict[str, Any]:
+def _torch_tensors(p) -> dict[str, Any]:
     """Our params of one direction as ``{torch name prefix: array in PyTorch's layout}``."""
     gh = p.w_x.shape[1]
     out = {"weight_ih": p.w_x.T, "weight_hh": p.w_h.T, "bias_ih": p.b,
            "bias_hh": jnp.zeros((gh,), p.b.dtype)}
-    if cell.name == "gru":
-        out["bias_hh"] = out["bias_hh"].at[2 * gh // 3:].set(p.b_hn)
-    if cell.name == "lstm" and p.w_proj is not None:
-        out["weight_hr"] = p.w_proj.T
+    match p:
+        case GRUParams(b_hn=b_hn):
+            out["bias_hh"] = out["bias_hh"].at[2 * gh // 3:].set(b_hn)
+        case LSTMParams(w_proj=w_proj) if w_proj is not None:
+            out["weight_hr"] = w_proj.T
     return out
 
 
@@ -403,37 +420,44 @@ def to_torch(layer: Layer, params):
     layers = _layer_cells(layer)
     signatures, dirs = [], set()
     for k, (sub, cells) in enumerate(layers):
-        if sub.spec["kind"] == "bidirectional" and sub.spec["merge"] != "concat":
-            raise ValueError(f"layers[{k}]: PyTorch concatenates both directions; merge="
-                             f"{sub.spec['merge']!r} is not supported (use merge='concat').")
-        if len(cells) == 1 and sub.reverse:
-            raise ValueError(f"layers[{k}]: a reverse-only layer is not supported (PyTorch reads "
-                             "backwards only inside a bidirectional layer).")
+        match sub.config:
+            case BidirectionalConfig(merge=merge) if merge != "concat":
+                raise ValueError(f"layers[{k}]: PyTorch concatenates both directions; merge={merge!r} is "
+                                 "not supported (use merge='concat').")
+            case LayerConfig(reverse=True):
+                raise ValueError(f"layers[{k}]: a reverse-only layer is not supported (PyTorch reads "
+                                 "backwards only inside a bidirectional layer).")
+        parts = [sub] if len(cells) == 1 else [sub.config.forward, sub.config.backward]
+        if any(part.config.learn_initial_carry for part in parts):
+            raise ValueError(f"layers[{k}]: a learned initial carry is not supported (PyTorch starts "
+                             "from zeros or from the h0/c0 it is given).")
         dirs.add(len(cells))
         for d, c in enumerate(cells):
             signatures.append(_torch_signature(c, f"layers[{k}]" + (".backward" if d else "")))
     if len(dirs) != 1:
         raise ValueError("mixed directions are not supported: PyTorch layers are all bidirectional or all "
                          "unidirectional.")
-    if len({s[0] for s in signatures}) != 1:
-        raise ValueError(f"layers of different types are not supported: {sorted({s[0] for s in signatures})}.")
-    if len({s[1:] for s in signatures}) != 1:
-        raise ValueError("layers of different sizes are not supported: (hidden_size, proj_size) = "
-                         f"{sorted({s[1:] for s in signatures})}.")
-    mode, H, P = signatures[0]
+    if len({s.mode for s in signatures}) != 1:
+        raise ValueError(f"layers of different types are not supported: {sorted({s.mode for s in signatures})}.")
+    sizes = {(s.hidden_size, s.proj_size) for s in signatures}
+    if len(sizes) != 1:
+        raise ValueError(f"layers of different sizes are not supported: (hidden_size, proj_size) = {sorted(sizes)}.")
+    mode, H, P, expected = signatures[0]
     D = dirs.pop()
     if not isinstance(params, (tuple, list)) or len(params) != len(layers):
         raise ValueError(f"`params` must be a tuple of {len(layers)} per-layer params, got "
                          f"{type(params).__name__}.")
     per_direction = []
-    for k, ((_, cells), p) in enumerate(zip(layers, params)):
+    for k, p in enumerate(params):
         if D == 2 and not isinstance(p, BidirectionalParams):
             raise ValueError(f"`params[{k}]` must be BidirectionalParams, got {type(p).__name__}.")
-        for d, (c, pd) in enumerate(zip(cells, (p.forward, p.backward) if D == 2 else (p,))):
-            _check_params(f"layers[{k}]" + (".backward" if d else ""), pd, c)
-            per_direction.append((k, d, c, pd))
+        for d, pd in enumerate((p.forward, p.backward) if D == 2 else (p,)):
+            if not isinstance(pd, expected):
+                raise ValueError(f"`params` for layers[{k}]{'.backward' if d else ''} must be "
+                                 f"{expected.__name__}, got {type(pd).__name__}.")
+            per_direction.append((k, d, pd))
 
-    first = per_direction[0][3]
+    first = per_direction[0][2]
     dtypes = {jnp.dtype(x.dtype) for *_, pd in per_direction for x in (pd.w_x, pd.w_h, pd.b)}
     if len(dtypes) != 1:
         raise ValueError(f"`params` mix dtypes {sorted(str(d) for d in dtypes)}.")
@@ -442,11 +466,11 @@ def to_torch(layer: Layer, params):
     if mode.startswith("RNN"):
         kwargs = dict(nonlinearity="tanh" if mode == "RNN_TANH" else "relu")
     module = cls(int(first.w_x.shape[0]), H, num_layers=len(layers), bias=True,
-                 batch_first=not layer.time_major, dropout=float(layer.spec["dropout_rate"]),
+                 batch_first=not layer.time_major, dropout=float(layer.config.dropout_rate),
                  bidirectional=D == 2, dtype=_torch_dtype(dtypes.pop()), **kwargs)
     with torch.no_grad():
-        for k, d, c, pd in per_direction:
-            for prefix, value in _torch_tensors(c, pd).items():
+        for k, d, pd in per_direction:
+            for prefix, value in _torch_tensors(pd).items():
                 target = getattr(module, prefix + _suffix(k, d))
                 if tuple(value.shape) != tuple(target.shape):
                     raise ValueError(f"`params` for layers[{k}]{'.backward' if d else ''} give {prefix} "
