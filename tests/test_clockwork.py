@@ -15,6 +15,9 @@ equations and that the structure is enforced. Proven here:
   do not affect the output;
 * finite-difference gradients; ``lengths`` (padding == unpadded, zero outputs, last valid
   carry incl. the step counter) and ``reverse``; float32/bfloat16/float64 preserved;
+* ``resets`` through ``lj.unroll`` equal running each segment separately (the step counter
+  restarts with the rest of the carry);
+* cells compare and hash by their config (periods sorted) and are ``jit`` static arguments;
 * every user error's message; a small training run that needs memory.
 """
 
@@ -32,9 +35,9 @@ from jax.test_util import check_grads
 import helpers  # tests/helpers.py
 import lstm_jax as lj
 import reference_clockwork as ref  # tests/reference_clockwork.py
-from lstm_jax.cells.clockwork import (ClockworkParams, ClockworkState, clockwork, clockwork_mask,
+from lstm_jax.cells.clockwork import (ClockworkConfig, ClockworkParams, ClockworkState, clockwork, clockwork_mask,
                                       exponential_periods)
-from lstm_jax.models import readout
+from lstm_jax.models.readout import readout
 
 F32, F64, BF16 = jnp.float32, jnp.float64, jnp.bfloat16
 B, T, I = 3, 10, 3
@@ -68,7 +71,7 @@ def setup_f64(name, seed=0):
     rng = np.random.default_rng(seed)
     H = cell.hidden_size
     params = ClockworkParams(w_x=normal(rng, (I, H)), w_h=normal(rng, (H, H)), b=normal(rng, (H,)))
-    unused = ~clockwork_mask(H, cell.options["periods"])
+    unused = ~clockwork_mask(H, cell.config.periods)
     params = params._replace(w_h=jnp.where(unused, normal(rng, (H, H), 10.0), params.w_h))
     xs = normal(rng, (B, T, I), 1.0)
     carry = ClockworkState(hidden=normal(rng, (B, H)),
@@ -90,14 +93,14 @@ def init(model, input_size=I, dtype=F64):
 
 def run_reference(cell, params, xs, carry=None):
     f64 = lambda a: np.asarray(a, np.float64)
-    return ref.clockwork(f64(params.w_x), f64(params.w_h), f64(params.b), cell.options["periods"],
+    return ref.clockwork(f64(params.w_x), f64(params.w_h), f64(params.b), cell.config.periods,
                          f64(xs), None if carry is None else f64(carry.hidden),
                          None if carry is None else np.asarray(carry.step)[..., 0],
-                         activation=cell.options["activation"])
+                         activation=cell.config.activation)
 
 
 def lcm(cell):
-    return int(np.lcm.reduce(np.array(cell.options["periods"])))
+    return int(np.lcm.reduce(np.array(cell.config.periods)))
 
 
 # ------------------------------------------------------------------- agreement with reference
@@ -162,7 +165,7 @@ def test_gates_report_the_schedule():
     cell, params, xs, carry = setup("exp4")
     ys, _, aux = lj.unroll(cell, params, xs, carry, return_gates=True)
     assert set(aux.gates) == {"candidate", "active", "hidden"}
-    periods = np.repeat(cell.options["periods"], 2)  # k = 2 units per module
+    periods = np.repeat(cell.config.periods, 2)  # k = 2 units per module
     t = np.asarray(carry.step)[:, :1] + np.arange(T)[None, :]  # [B, T]
     want = (t[..., None] % periods == 0).astype(np.float64)  # [B, T, H]
     np.testing.assert_array_equal(aux.gates["active"], want)
@@ -205,7 +208,7 @@ def test_mask_is_block_lower_triangular_and_init_respects_it():
     tied = clockwork_mask(4, (1, 2, 2, 4))
     np.testing.assert_array_equal(tied, [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 1]])
     cell = clockwork(6, periods=[4, 1, 2])
-    assert cell.options["periods"] == (1, 2, 4)  # sorted: fastest first
+    assert cell.config.periods == (1, 2, 4)  # sorted: fastest first
     assert exponential_periods(4) == (1, 2, 4, 8)
     params = init(cell)
     assert params.w_h.shape == (6, 6) and params.w_x.shape == (I, 6) and params.b.shape == (6,)
@@ -217,7 +220,7 @@ def test_mask_is_block_lower_triangular_and_init_respects_it():
 
 def test_unused_recurrent_weights_get_no_gradient_and_never_train():
     cell, params, xs, _ = setup("exp4")  # the unused entries of w_h hold N(0, 10^2) garbage
-    unused = ~clockwork_mask(8, cell.options["periods"])
+    unused = ~clockwork_mask(8, cell.config.periods)
     zeroed = params._replace(w_h=jnp.where(unused, 0.0, params.w_h))
     targets = normal(np.random.default_rng(7), (B, T, 8), 1.0)
 
@@ -287,6 +290,56 @@ def test_reverse_counts_from_the_first_step_read():
     np.testing.assert_allclose(final.hidden, want_h, **TOL64)
 
 
+def segments(resets_row):
+    """``[(start, stop)]`` of the segments a ``resets [T]`` row marks."""
+    starts = sorted({0} | set(np.flatnonzero(resets_row).tolist()))
+    return list(zip(starts, starts[1:] + [len(resets_row)]))
+
+
+def test_resets_equal_running_segments_separately():
+    """A reset restores the initial carry, step counter included: each new segment starts at
+    t = 0 with every module firing. Forwards the first segment starts from ``carry``; read
+    backwards the last one does, and the final carry is the first segment's."""
+    cell, params, xs, carry = setup("unsorted")  # periods (1, 3, 5), lcm 15
+    resets = np.zeros((B, T), bool)
+    resets[0, 4] = resets[1, [0, 3, 8]] = True  # row 2: no reset
+    run = jax.jit(lambda p, x, c, r: [lj.unroll(cell, p, x, c, resets=r, reverse=rev) for rev in (False, True)])
+    for reverse, (ys, final) in zip((False, True), run(params, xs, carry, jnp.asarray(resets))):
+        for b in range(B):
+            parts = segments(resets[b])
+            for n, (start, stop) in enumerate(parts):
+                seq = np.asarray(xs)[b:b + 1, start:stop]
+                # a reset at step 0 discards ``carry`` forwards; backwards it flags no step
+                first = n == len(parts) - 1 if reverse else n == 0 and not resets[b, 0]
+                c0 = jax.tree.map(lambda a: a[b:b + 1], carry) if first else None
+                want_ys, want_h, want_steps = run_reference(cell, params, seq[:, ::-1] if reverse else seq, c0)
+                np.testing.assert_allclose(ys[b, start:stop], (want_ys[:, ::-1] if reverse else want_ys)[0],
+                                           **TOL64)
+                if n == (0 if reverse else len(parts) - 1):
+                    np.testing.assert_allclose(final.hidden[b:b + 1], want_h, **TOL64)
+                    np.testing.assert_array_equal(final.step[b, 0], want_steps[0] % 15)
+
+
+def test_cells_compare_by_config_and_are_static_arguments():
+    a, b = clockwork(8, num_modules=4), clockwork(8, periods=[8, 2, 4, 1])
+    assert isinstance(a.config, ClockworkConfig) and a.config.periods == (1, 2, 4, 8)
+    assert a == b and hash(a) == hash(b) and repr(a) == "clockwork(8, periods=(1, 2, 4, 8))"
+    assert ClockworkConfig(8, [4, 1]).build() == clockwork(8, periods=(1, 4))
+    for other in (clockwork(8, num_modules=4, activation="relu"), clockwork(8, periods=[1, 2, 4, 16]),
+                  clockwork(16, num_modules=4), lj.rnn(8)):
+        assert a != other
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(cell, params, xs):
+        traces.append(cell)
+        return lj.unroll(cell, params, xs)[0]
+
+    _, params, xs, _ = setup("exp4")
+    np.testing.assert_array_equal(run(a, params, xs), run(b, params, xs))
+    assert traces == [a]  # the equal cell hit the cache
+
+
 # ------------------------------------------------------------------------------------ dtypes
 
 @pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=lambda d: jnp.dtype(d).name)
@@ -329,17 +382,26 @@ def test_constructor_errors(kwargs, error, match):
 def test_usage_errors():
     with pytest.raises(ValueError, match=r"`hidden_size` must be a positive int, got 0"):
         clockwork(0, num_modules=1)
+    with pytest.raises(TypeError, match=r"`kernel_init` must be an initialiser `init\(key, shape, dtype\)` or None"):
+        clockwork(4, num_modules=2, kernel_init=3)
     cell = clockwork(4, num_modules=2)
-    params = init(cell)
-    with pytest.raises(TypeError, match=r"`params` must be ClockworkParams \(from this cell's init\), got RNNParams"):
-        lj.unroll(cell, init(lj.rnn(4)), jnp.ones((1, 2, I), F64))
-    with pytest.raises(ValueError, match=r"`params.w_h` must have last axis 4"):
-        lj.unroll(cell, init(clockwork(6, num_modules=2)), jnp.ones((1, 2, I), F64))
+    shapes = lambda model: jax.eval_shape(lambda: model.init(jax.random.key(0), I, dtype=F64))  # all checks read
+    params = shapes(cell)
+    xs = jnp.ones((1, 2, I), F64)
+    with pytest.raises(TypeError, match=r"`params` must be ClockworkParams for clockwork\(4, periods=\(1, 2\)\), "
+                                        r"got RNNParams"):
+        lj.unroll(cell, shapes(lj.rnn(4)), xs)
+    with pytest.raises(ValueError, match=r"`params.w_x` has shape \(3, 6\), but clockwork\(4, periods=\(1, 2\)\) "
+                                         r"needs \(3, 4\)"):
+        lj.unroll(cell, shapes(clockwork(6, num_modules=2)), xs)
     with pytest.raises(TypeError, match=r"`xs` has dtype float32 but the parameters are float64"):
         lj.unroll(cell, params, jnp.ones((1, 2, I), F32))
     bad_step = ClockworkState(hidden=jnp.zeros((1, 4), F64), step=jnp.zeros((1,), jnp.int32))
-    with pytest.raises(ValueError, match=r"`carry` must have shapes \[\(1, 4\), \(1, 1\)\]"):
-        lj.unroll(cell, params, jnp.ones((1, 2, I), F64), bad_step)
+    with pytest.raises(ValueError, match=r"`carry.step` must have shape \(1, 1\) for batch shape \(1,\)"):
+        lj.unroll(cell, params, xs, bad_step)
+    float_step = ClockworkState(hidden=jnp.zeros((1, 4), F64), step=jnp.zeros((1, 1), F64))
+    with pytest.raises(TypeError, match=r"`carry.step` must have dtype int32"):
+        lj.unroll(cell, params, xs, float_step)
     with pytest.raises(TypeError, match=r"`dtype` must be a floating dtype"):
         cell.init(jax.random.key(0), I, dtype=jnp.int32)
 
@@ -348,7 +410,7 @@ def test_usage_errors():
 
 def test_learns_delayed_recall():
     """Target at step t is x[t - 2, 0]: needs memory; no-memory baseline MSE ≈ (T-2)/T."""
-    Bt, Tt, It, LAG, STEPS = 32, 12, 8, 2, 300
+    Bt, Tt, It, LAG, STEPS = 32, 12, 8, 2, 150
     baseline = (Tt - LAG) / Tt
     model = readout(clockwork(16, periods=[1, 2, 4, 8]), 1, at="every")
     params = init(model, It, F32)

@@ -3,16 +3,19 @@ the paper's equations (per-gate weights, a Python loop over time and, inside it,
 
 Proven here:
 
-* ``apply`` outputs, final carries and per-layer activations equal the reference for 1-3
-  layers, with and without peepholes, from random parameters (depth weights included) and a
-  random initial carry (float64 to 1e-10, float32 to 1e-5); ``unroll`` == a Python loop of
-  ``cell.step`` for batch shapes (), (3,), (2, 3);
+* ``lj.layer(cell).apply`` outputs, final carries and per-layer activations equal the
+  reference for 1-3 layers, with and without peepholes, from random parameters (depth
+  weights included) and a random initial carry (float64 to 1e-10, float32 to 1e-5);
+  ``unroll`` == a Python loop of ``cell.step`` for batch shapes (), (3,), (2, 3);
 * ``num_layers=1`` is exactly :func:`lstm_jax.lstm` on the same weights;
 * finite-difference gradients; ``lengths`` (padding == unpadded, zero outputs, last valid
-  carry), ``reverse`` and ``time_major``; float32/bfloat16/float64 preserved;
-* dropout between layers equals the reference with the documented masks, and is off
-  without a key;
-* it composes inside ``lstm_jax.stack`` (and stacks with other layers);
+  carry), ``reverse``, ``time_major`` and ``resets`` (== each segment run separately);
+  float32/bfloat16/float64 preserved;
+* dropout between layers (``lj.layer(cell).apply(..., key=k)``) equals the reference with
+  the documented masks and ``lj.unroll`` on ``DepthGatedInput(xs, masks)`` with those masks
+  drawn by hand (batch-first and time-major), and is off without a key;
+* it composes inside ``lstm_jax.stack`` and ``lstm_jax.bidirectional``;
+* cells compare and hash by their config and are ``jit`` static arguments;
 * every user error's message; a small training run.
 """
 
@@ -29,8 +32,9 @@ from jax.test_util import check_grads
 import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax import initializers
-from lstm_jax.depth_gated import DepthGatedLSTMParams, depth_gated_lstm, depth_gated_lstm_cell
-from lstm_jax.models import readout
+from lstm_jax.cells.depth_gated import (DepthGatedInput, DepthGatedLSTMConfig, DepthGatedLSTMParams,
+                                        depth_gated_lstm)
+from lstm_jax.models.readout import readout
 
 F32, F64, BF16 = jnp.float32, jnp.float64, jnp.bfloat16
 B, T, I, H = 3, 6, 3, 4
@@ -140,8 +144,9 @@ def init(model, input_size=I, dtype=F64):
 
 @functools.cache
 def setup_f64(num_layers, peephole=False, seed=0):
-    """(layer, params, xs, carry): every parameter random (depth weights and peepholes too)."""
-    lay = depth_gated_lstm(H, num_layers, peephole=peephole)
+    """(layer, params, xs, carry): every parameter random (depth weights and peepholes too);
+    the cell is ``layer.config.cell``."""
+    lay = lj.layer(depth_gated_lstm(H, num_layers, peephole=peephole))
     params = randomize(init(lay), seed)
     xs = randomize(jax.ShapeDtypeStruct((B, T, I), F64), seed + 1, 1.0)
     carry = randomize(jax.eval_shape(lambda: lay.init_carry(params, (B,))), seed + 2)
@@ -183,7 +188,7 @@ def test_apply_matches_reference_f32(num_layers, peephole):
 
 def test_gates_match_reference():
     lay, params, xs, carry = setup(3, True)
-    cell = lay.spec["cell"]
+    cell = lay.config.cell
     ys, _, aux = jax.jit(lambda p, x, c: lj.unroll(cell, p, x, c, return_gates=True))(params, xs, carry)
     _, _, want = reference(ref_params(params), xs, ref_state(carry))
     assert set(aux.gates) == set(want)
@@ -194,7 +199,7 @@ def test_gates_match_reference():
 @pytest.mark.parametrize("batch_shape", [(), (3,), (2, 3)], ids=str)
 def test_unroll_equals_python_loop_of_step(batch_shape):
     lay, params, _, _ = setup(2, True)
-    cell = lay.spec["cell"]
+    cell = lay.config.cell
     xs = randomize(jax.ShapeDtypeStruct(batch_shape + (4, I), F64), 4, 1.0)
     carry = randomize(jax.eval_shape(lambda: cell.init_carry(params, batch_shape)), 5)
 
@@ -243,13 +248,16 @@ def test_depth_path_matters():
     assert np.max(np.abs(np.asarray(opened) - np.asarray(got[0]))) > 1e-2
 
 
-def test_init_shapes_and_layer_metadata():
-    lay = depth_gated_lstm(H, 3, peephole=True, forget_bias=1.5, depth_bias=-0.5, time_major=True,
-                           reverse=True, dropout_rate=0.25)
-    assert (lay.output_size, lay.reverse, lay.time_major) == (H, True, True)
-    assert lay.spec["kind"] == "depth_gated_lstm" and lay.spec["num_layers"] == 3
-    assert lay.spec["cell"].name == "depth_gated_lstm" and lay.spec["dropout_rate"] == 0.25
-    params = init(lay)  # shapes of the default init (traced, not run)
+def test_init_shapes_and_config():
+    cell = depth_gated_lstm(H, 3, peephole=True, forget_bias=1.5, depth_bias=-0.5, dropout_rate=0.25)
+    lay = lj.layer(cell, time_major=True, reverse=True)
+    assert (cell.hidden_size, cell.output_size, lay.output_size, lay.reverse, lay.time_major) == (H, H, H, True, True)
+    assert cell.config == DepthGatedLSTMConfig(H, 3, forget_bias=1.5, depth_bias=-0.5, peephole=True,
+                                               dropout_rate=0.25)
+    assert repr(cell) == ("depth_gated_lstm(4, num_layers=3, forget_bias=1.5, depth_bias=-0.5, peephole=True, "
+                          "dropout_rate=0.25)")
+    assert cell.noise is not None and depth_gated_lstm(H, 3).noise is None  # nothing to draw without dropout
+    params = init(cell)  # shapes of the default init (traced, not run)
     assert isinstance(params, tuple) and len(params) == 3
     # values: the same layer with cheap constant kernels (the bias does not depend on them)
     cheap = depth_gated_lstm(H, 3, peephole=True, forget_bias=1.5, depth_bias=-0.5,
@@ -271,8 +279,28 @@ def test_init_shapes_and_layer_metadata():
         np.testing.assert_array_equal(v.b, want_b)
         for zero in (v.peephole_i, v.peephole_f, v.peephole_o) + ((v.depth_cell, v.depth_lower) if n else ()):
             np.testing.assert_array_equal(zero, np.zeros(H, np.float32))
-    carry = lay.init_carry(params, (2, 5))
+    carry = cell.init_carry(params, (2, 5))
     assert len(carry) == 3 and all(s.hidden.shape == s.cell.shape == (2, 5, H) for s in carry)
+    assert all(isinstance(s, lj.LSTMState) and s.hidden.dtype == F64 for s in carry)
+
+
+def test_cells_compare_by_config_and_are_static_arguments():
+    a, b = depth_gated_lstm(H, 2, dropout_rate=0.5), depth_gated_lstm(H, 2, dropout_rate=0.5)
+    assert a == b and hash(a) == hash(b) and a is not b
+    for other in (depth_gated_lstm(H, 3, dropout_rate=0.5), depth_gated_lstm(H, 2),
+                  depth_gated_lstm(H, 2, dropout_rate=0.5, peephole=True), lj.lstm(H)):
+        assert a != other
+    assert lj.layer(a) == lj.layer(b) and hash(lj.layer(a)) == hash(lj.layer(b))
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(cell, params, xs):
+        traces.append(cell)
+        return lj.unroll(cell, params, xs)[0]
+
+    params, xs = setup(2)[1:3]
+    np.testing.assert_array_equal(run(a, params, xs), run(b, params, xs))
+    assert traces == [a]  # the equal cell hit the cache
 
 
 # ------------------------------------------------------------------------------- gradients
@@ -291,7 +319,7 @@ def test_lengths_padding_equals_unpadded(reverse):
     """Each padded sequence gives what the reference gives on it alone, unpadded (read
     backwards within its length when ``reverse``); outputs past a length are zero."""
     _, params, xs, carry = setup(2)
-    lay = depth_gated_lstm(H, 2, reverse=reverse)
+    lay = lj.layer(depth_gated_lstm(H, 2), reverse=reverse)
     lengths = jnp.array([T, 0, 2], jnp.int32)
     valid = np.arange(T)[None, :, None] < np.asarray(lengths)[:, None, None]
     garbage = jnp.where(jnp.asarray(valid), xs, 1e3)
@@ -308,7 +336,7 @@ def test_lengths_padding_equals_unpadded(reverse):
 
 def test_time_major_is_a_transpose():
     lay, params, xs, carry = setup(2)
-    tm = depth_gated_lstm(H, 2, time_major=True)
+    tm = lj.layer(depth_gated_lstm(H, 2), time_major=True)
     lengths = jnp.array([T, 3, 1], jnp.int32)
 
     @jax.jit
@@ -342,36 +370,73 @@ def test_dtype_preserved(dtype):
 
 def test_dropout_between_layers_uses_the_documented_masks():
     rate = 0.4
-    _, params, xs, carry = setup(3)
-    lay = depth_gated_lstm(H, 3, dropout_rate=rate)
+    plain, params, xs, carry = setup(3)
+    cell = depth_gated_lstm(H, 3, dropout_rate=rate)
     key = jax.random.key(11)
     lengths = jnp.array([T, 4, 1], jnp.int32)
-    ys, final = jax.jit(lambda p, x, c, k: lay.apply(p, x, c, lengths=lengths, key=k))(params, xs, carry, key)
-    keep = np.asarray(jax.random.bernoulli(key, 1.0 - rate, (B, T, 2 * H)))
-    masks = np.where(keep, 1.0 / (1.0 - rate), 0.0).reshape(B, T, 2, H)
+    swap = lambda a: jnp.swapaxes(a, 0, 1)
+
+    @jax.jit
+    def run(params, xs, carry, key):
+        # the documented masks, drawn by hand in the layout of the inputs
+        by_hand = lambda shape: jnp.where(jax.random.bernoulli(key, 1.0 - rate, shape), 1.0 / (1.0 - rate), 0.0)
+        masks, masks_tm = by_hand((B, T, 2 * H)), by_hand((T, B, 2 * H))
+        kw = dict(lengths=lengths)
+        return (masks, cell.noise(key, xs),
+                (lj.layer(cell).apply(params, xs, carry, key=key, **kw),
+                 lj.unroll(cell, params, DepthGatedInput(xs, masks), carry, **kw)),
+                (lj.layer(cell, time_major=True).apply(params, swap(xs), carry, key=key, **kw),
+                 lj.unroll(cell, params, DepthGatedInput(swap(xs), masks_tm), carry, time_major=True, **kw)),
+                (lj.layer(cell).apply(params, xs, carry, **kw), plain.apply(params, xs, carry, **kw)))
+
+    masks, drawn, (got, want), (got_tm, want_tm), (no_key, no_dropout) = run(params, xs, carry, key)
+    helpers.assert_trees_close(got, want, rtol=1e-15, atol=1e-15)
+    helpers.assert_trees_close(got_tm, want_tm, rtol=1e-15, atol=1e-15)
+    # noise draws exactly these masks, in the inputs' dtype; masks already given are kept
+    assert isinstance(drawn, DepthGatedInput) and drawn.masks.dtype == F64
+    helpers.assert_trees_close(drawn, DepthGatedInput(xs, masks), rtol=0, atol=0)
+    assert cell.noise(key, drawn) is drawn
+    assert 0.3 < float(np.mean(np.asarray(masks) == 0.0)) < 0.5
+    ys, final = got
     for b, n in enumerate(np.asarray(lengths)):
         want_ys, want_state, _ = reference(ref_params(params), xs[b:b + 1, :n],
                                            ref_state(jax.tree.map(lambda a: a[b:b + 1], carry)),
-                                           masks=masks[b:b + 1, :n])
+                                           masks=np.asarray(masks).reshape(B, T, 2, H)[b:b + 1, :n])
         np.testing.assert_allclose(ys[b:b + 1, :n], want_ys, **TOL64)
         helpers.assert_trees_close(ref_state(jax.tree.map(lambda a: a[b:b + 1], final)), want_state, **TOL64)
-    assert 0.3 < 1.0 - keep.mean() < 0.5
     # without a key the layer is deterministic and equals the no-dropout layer; a single
-    # layer has nothing to drop between
-    one, p1, xs1, c1 = setup(1)
+    # layer has nothing to drop between, so its cell draws no noise at all
+    helpers.assert_trees_close(no_key, no_dropout, rtol=0, atol=0)
+    assert depth_gated_lstm(H, 1, dropout_rate=rate).noise is None
 
-    @jax.jit
-    def pairs(params, xs, carry, p1, c1):
-        return ((lay.apply(params, xs, carry), setup(3)[0].apply(params, xs, carry)),
-                (depth_gated_lstm(H, 1, dropout_rate=rate).apply(p1, xs, c1, key=key), one.apply(p1, xs, c1)))
 
-    for got, want in pairs(params, xs, carry, p1, c1):
-        helpers.assert_trees_close(got, want, rtol=0, atol=0)
+# ------------------------------------------------------------------------------------ resets
+
+def segments(resets_row):
+    """``[(start, stop)]`` of the segments a ``resets [T]`` row marks."""
+    starts = sorted({0} | set(np.flatnonzero(resets_row).tolist()))
+    return list(zip(starts, starts[1:] + [len(resets_row)]))
+
+
+def test_resets_equal_running_segments_separately():
+    lay, params, xs, carry = setup(2, True)
+    resets = np.zeros((B, T), bool)
+    resets[0, 2] = resets[1, [0, 4]] = True  # row 2: no reset
+    ys, final = jax.jit(lambda p, x, c, r: lj.unroll(lay.config.cell, p, x, c, resets=r))(
+        params, xs, carry, jnp.asarray(resets))
+    p_ref, s_ref = ref_params(params), ref_state(carry)
+    for b in range(B):
+        for n, (start, stop) in enumerate(segments(resets[b])):
+            start_from = [{k: v[b:b + 1] for k, v in s.items()} for s in s_ref] if n == 0 and not resets[b, 0] \
+                else None  # a reset restores the zero carry
+            want_ys, want_state, _ = reference(p_ref, np.asarray(xs)[b:b + 1, start:stop], start_from)
+            np.testing.assert_allclose(ys[b:b + 1, start:stop], want_ys, **TOL64)
+        helpers.assert_trees_close(ref_state(jax.tree.map(lambda a: a[b:b + 1], final)), want_state, **TOL64)
 
 
 # ------------------------------------------------------------------------------ composition
 
-def test_composes_inside_stack():
+def test_composes_inside_stack_and_bidirectional():
     dg = depth_gated_lstm(H, 2)
     top = lj.gru(5)
     model = lj.stack([lj.lstm(3), dg, top])
@@ -382,19 +447,18 @@ def test_composes_inside_stack():
     xs = setup(1)[2]
     lengths = jnp.array([T, 0, 3], jnp.int32)
     carry0 = randomize(jax.eval_shape(lambda: model.init_carry(params, (B,))), 2)
-    bi = lj.bidirectional(depth_gated_lstm(H, 2), depth_gated_lstm(H, 2, reverse=True))
+    bi = lj.bidirectional(dg, dg)
     bp = randomize(init(bi), 3)
 
     @jax.jit
     def run(params, xs, carry0, bp):
         got = model.apply(params, xs, carry0, lengths=lengths)
         h1, c1 = lj.unroll(lj.lstm(3), params[0], xs, carry0[0], lengths=lengths)
-        h2, c2 = dg.apply(params[1], h1, carry0[1], lengths=lengths)
+        h2, c2 = lj.unroll(dg, params[1], h1, carry0[1], lengths=lengths)
         h3, c3 = lj.unroll(top, params[2], h2, carry0[2], lengths=lengths)
         got_bi = bi.apply(bp, xs, lengths=lengths)[0]
-        want_bi = jnp.concatenate([
-            depth_gated_lstm(H, 2).apply(bp.forward, xs, lengths=lengths)[0],
-            depth_gated_lstm(H, 2, reverse=True).apply(bp.backward, xs, lengths=lengths)[0]], axis=-1)
+        want_bi = jnp.concatenate([lj.unroll(dg, bp.forward, xs, lengths=lengths)[0],
+                                   lj.unroll(dg, bp.backward, xs, lengths=lengths, reverse=True)[0]], axis=-1)
         return got, (h3, (c1, c2, c3)), got_bi, want_bi
 
     got, want, got_bi, want_bi = run(params, xs, carry0, bp)
@@ -411,28 +475,40 @@ def test_errors():
     with pytest.raises(ValueError, match=r"`num_layers` must be a positive int, got 0"):
         depth_gated_lstm(H, 0)
     with pytest.raises(ValueError, match=r"`num_layers` must be a positive int, got 2.0"):
-        depth_gated_lstm_cell(H, 2.0)
+        depth_gated_lstm(H, 2.0)
     for rate in (1.0, -0.1, "0.5"):
         with pytest.raises(ValueError, match=r"`dropout_rate` must lie in \[0, 1\), got"):
             depth_gated_lstm(H, 2, dropout_rate=rate)
+    with pytest.raises(TypeError, match=r"`peephole` must be a bool, got 1"):
+        depth_gated_lstm(H, 2, peephole=1)
+    with pytest.raises(ValueError, match=r"`depth_bias` must be a finite number, got 'x'"):
+        depth_gated_lstm(H, 2, depth_bias="x")
+    with pytest.raises(TypeError, match=r"`kernel_init` must be an initialiser"):
+        depth_gated_lstm(H, 2, kernel_init="glorot")
     lay, params, xs, carry = setup(2)
-    lstm_params = randomize(init(lj.lstm(H)), 0)
-    with pytest.raises(TypeError, match=r"`params` must be a tuple of 2 DepthGatedLSTMParams .* got LSTMParams"):
+    name = r"depth_gated_lstm\(4, num_layers=2\)"
+    lstm_params = init(lj.lstm(H))  # shapes are all the checks read
+    with pytest.raises(TypeError, match=rf"`params` must be a tuple of length 2 for {name}, got LSTMParams"):
         lay.apply(lstm_params, xs)
-    with pytest.raises(TypeError, match=r"`params` must be a tuple of 2 .* got a tuple of length 1"):
+    with pytest.raises(ValueError, match=rf"`params\[1\].w_x` is missing: {name} has it"):
         lay.apply(params[:1], xs)
-    with pytest.raises(TypeError, match=r"`params\[1\]` must be DepthGatedLSTMParams .* got LSTMParams"):
+    with pytest.raises(ValueError, match=rf"`params\[1\].depth_cell` is missing: {name} has it"):
         lay.apply((params[0], lstm_params), xs)
-    other = randomize(init(depth_gated_lstm(5, 2)), 0)
-    with pytest.raises(ValueError, match=r"`params\[0\]` must have w_h of shape \(4, 16\)"):
-        lay.apply(other, xs)
-    with pytest.raises(ValueError, match=r"`xs` must have shape \[..., I\] with last axis 3"):
+    with pytest.raises(ValueError, match=rf"`params\[0\].w_x` has shape \(3, 20\), but {name} needs \(3, 16\)"):
+        lay.apply(init(depth_gated_lstm(5, 2)), xs)
+    with pytest.raises(ValueError, match=r"`xs` must have shape \[..., T, I\] with last axis 3"):
         lay.apply(params, jnp.ones((B, T, 5), F64))
-    with pytest.raises(ValueError, match=r"`xs` must have shape \[..., I\] with last axis 3"):
-        depth_gated_lstm(H, 2, dropout_rate=0.5).apply(params, jnp.ones((B, T, 5), F64), key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"`xs` must have shape \[..., T, I\] with last axis 3"):
+        lj.layer(depth_gated_lstm(H, 2, dropout_rate=0.5)).apply(params, jnp.ones((B, T, 5), F64),
+                                                                 key=jax.random.key(0))
     with pytest.raises(TypeError, match=r"`xs` has dtype float32 but the parameters are float64"):
         lay.apply(params, xs.astype(F32))
-    with pytest.raises(ValueError, match=r"`carry` must have the structure of"):
+    with pytest.raises(ValueError, match=r"`xs.masks` must share the leading axes \(3, 6\) of the first input"):
+        lay.apply(params, DepthGatedInput(xs, jnp.ones((B, T - 1, H), F64)))
+    with pytest.raises(TypeError, match=r"`xs.masks` has dtype float32 but the parameters are float64"):
+        lay.apply(params, DepthGatedInput(xs, jnp.ones((B, T, H), F32)))
+    with pytest.raises(TypeError, match=rf"`carry` must be a tuple of length 2 for `cell.init_carry\(params, "
+                                        rf"\(3,\)\)` of {name}, got LSTMState"):
         lay.apply(params, xs, carry[0])
     with pytest.raises(TypeError, match=r"`dtype` must be a floating dtype"):
         lay.init(jax.random.key(0), I, dtype=jnp.int32)
@@ -442,7 +518,7 @@ def test_errors():
 
 def test_learns_delayed_recall():
     """Target at step t is x[t - 2, 0]: needs memory; no-memory baseline MSE ≈ (T-2)/T."""
-    Bt, Tt, It, LAG, STEPS = 32, 12, 8, 2, 200
+    Bt, Tt, It, LAG, STEPS = 32, 12, 8, 2, 150
     baseline = (Tt - LAG) / Tt
     model = readout(depth_gated_lstm(8, 2), 1, at="every")
     params = jax.jit(model.init, static_argnums=1, static_argnames="dtype")(jax.random.key(0), It, dtype=F32)

@@ -1,4 +1,4 @@
-"""Grid LSTM (``lstm_jax.grid``) against the float64 NumPy reference in ``tests/reference_grid.py``.
+"""Grid LSTM (``lstm_jax.cells.grid``) against the float64 NumPy reference in ``tests/reference_grid.py``.
 
 The reference is written from the paper's equations with per-gate weights (the paper's
 ``g^u, g^f, g^c, g^o``); the adapters below slice our fused ``(i, f, g, o)`` transforms into
@@ -8,17 +8,19 @@ it, so agreement proves the maths and the documented layout. Proven here:
   dimensions with identity/tanh/relu transfers, the paper's ``tanh(o * m)`` output form)
   equals the reference (float64 to 1e-10, float32 to 1e-5), for batch shapes (), (2,), (2, 3);
 * a 1-D block (N = 1) is exactly one ``lstm_jax.lstm`` step with the same weights;
-* the 2-D time x depth layer equals the reference's loop over time and depth for every
-  option (outputs, final carry from a random initial carry, per-step gates), and its one
-  ``lax.scan`` equals a Python loop of ``cell.step``;
+* the 2-D time x depth cell (run by ``lj.layer``) equals the reference's loop over time and
+  depth for every option (outputs, final carry from a random initial carry, per-step gates),
+  and its one ``lax.scan`` equals a Python loop of ``cell.step``;
 * with a non-LSTM identity depth dimension, ``V = [I; 0]``, ``c = 0`` and the depth
   dimension prioritised, the layer equals ``lstm_jax.stack([lstm_jax.lstm(H)] * depth)``
   with the mapped weights (and does not without priority);
 * tied / shared-level parameter counts, and that tying equals untied weights set equal;
 * finite-difference gradients; ``lengths`` (garbage past each length never leaks, padded
-  outputs are zero, carry is the last valid one), ``reverse``, ``time_major``; float32,
-  bfloat16 and float64 preserved through outputs, carries and gradients; every user error's
-  message; and a small Optax run that learns a delayed-recall task.
+  outputs are zero, carry is the last valid one), ``reverse``, ``time_major``, ``resets``
+  (== each segment run separately); float32, bfloat16 and float64 preserved through outputs,
+  carries and gradients; cells compare and hash by their config and are ``jit`` static
+  arguments; every user error's message; and a small Optax run that learns a delayed-recall
+  task.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from jax.test_util import check_grads
 import helpers  # tests/helpers.py
 import lstm_jax as lj
 import reference_grid as ref  # tests/reference_grid.py
-from lstm_jax.grid import (GridLSTMParams, GridLSTMState, GridLSTMTransform, GridTransfer, grid_block,
-                           grid_lstm, grid_lstm_cell, init_grid_block)
-from lstm_jax.models import readout
+from lstm_jax.cells.grid import (GridLSTMConfig, GridLSTMParams, GridLSTMState, GridLSTMTransform, GridTransfer,
+                                 grid_block, grid_lstm, init_grid_block)
+from lstm_jax.models.readout import readout
 
 F32, F64, BF16 = jnp.float32, jnp.float64, jnp.bfloat16
 B, T, I, H, L = 2, 5, 3, 4, 2
@@ -78,13 +80,13 @@ def dim_dict(tr):
 
 def ref_params(cell, params):
     """Our GridLSTMParams -> the reference's dict (levels resolved through tying/sharing)."""
-    o = cell.options
-    D = 1 if (o["tied"] or not o["depth_lstm"]) else 2
+    c = cell.config
+    D = 1 if (c.tied or not c.depth_lstm) else 2
     levels = []
-    for l in range(o["depth"]):
-        j = 0 if o["share_levels"] else l
+    for l in range(c.depth):
+        j = 0 if c.share_levels else l
         time = lstm_dict(params.w[j, 0], params.b[j, 0])
-        depth = (lstm_dict(params.w[j, D - 1], params.b[j, D - 1]) if o["depth_lstm"]
+        depth = (lstm_dict(params.w[j, D - 1], params.b[j, D - 1]) if c.depth_lstm
                  else {"V": params.w_transfer[j], "c": params.b_transfer[j]})
         levels.append({"time": time, "depth": depth})
     p = {"W_in": params.w_in, "b_in": params.b_in, "levels": levels}
@@ -100,11 +102,11 @@ def ref_state(carry):
 
 
 def run_reference(cell, params, xs, carry=None):
-    o = cell.options
+    c = cell.config
     return ref.grid_lstm_2d(ref_params(cell, params), np.asarray(xs, np.float64),
-                            None if carry is None else ref_state(carry), priority=o["priority"],
-                            depth_lstm=o["depth_lstm"], depth_activation=o["depth_activation"] or "identity",
-                            output_form=o["output_form"])
+                            None if carry is None else ref_state(carry), priority=c.priority,
+                            depth_lstm=c.depth_lstm, depth_activation=c.depth_activation or "identity",
+                            output_form=c.output_form)
 
 
 # ------------------------------------------------------------------------------- the N-D block
@@ -234,8 +236,8 @@ LAYERS = {
 @functools.cache
 def layer_setup(name, dtype=F64, seed=0, depth=L):
     """(layer, cell, params, xs [B, T, I], random carry), all random, at ``dtype``."""
-    lay = grid_lstm(H, depth, **LAYERS[name])
-    cell = lay.spec["cell"]
+    cell = grid_lstm(H, depth, **LAYERS[name])
+    lay = lj.layer(cell)
     rng = np.random.default_rng(seed)
     params = perturb(lay.init(jax.random.key(seed), I, dtype=F64), rng)
     xs = normal(rng, (B, T, I))
@@ -355,7 +357,7 @@ def test_non_lstm_depth_is_a_stacked_lstm():
         np.testing.assert_allclose(got["h"][:, l], want_carry[l].hidden, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(got["m"][:, l], want_carry[l].cell, rtol=1e-12, atol=1e-12)
     # the equivalence needs the depth dimension prioritised (it must read the new h_time)
-    parallel = grid_lstm(H, L, depth_lstm=False, priority=False)
+    parallel = lj.layer(grid_lstm(H, L, depth_lstm=False, priority=False))
     ys_par, _ = jax.jit(parallel.apply)(params, xs, carry, lengths=lengths)
     assert np.max(np.abs(np.asarray(ys_par) - np.asarray(want_ys))) > 1e-2
 
@@ -370,15 +372,15 @@ def _n_params(tree):
     ("transfer_identity", 1, L, True),
 ])
 def test_param_counts(name, D, Lp, transfer):
-    lay = grid_lstm(H, L, **LAYERS[name])
-    params = lay.init(jax.random.key(0), I, dtype=F64)
+    cell = grid_lstm(H, L, **LAYERS[name])
+    params = cell.init(jax.random.key(0), I, dtype=F64)
     lstm_w = Lp * D * (2 * H * 4 * H + 4 * H)
     inputs = (I * H + H) * (2 if LAYERS[name].get("input_memory") == "project" else 1)
     trans = Lp * (2 * H * H + H) if transfer else 0
     assert _n_params(params) == inputs + lstm_w + trans
     assert params.w.shape == (Lp, D, 2 * H, 4 * H) and params.b.shape == (Lp, D, 4 * H)
     assert (params.w_transfer is None) == (not transfer)
-    carry = lay.init_carry(params, (2, 3))
+    carry = cell.init_carry(params, (2, 3))
     assert carry.hidden.shape == carry.memory.shape == (2, 3, L * H)
     # init: forget bias 1 in every LSTM transform's forget block, biases otherwise zero
     np.testing.assert_array_equal(params.b, np.broadcast_to(np.r_[np.zeros(H), np.ones(H), np.zeros(2 * H)],
@@ -389,9 +391,8 @@ def test_param_counts(name, D, Lp, transfer):
 
 def test_tying_equals_untied_with_equal_weights():
     _, _, params, xs, carry = layer_setup("default")
-    untied = jax.jit(functools.partial(grid_lstm(H, L).apply, xs=xs, carry=carry))  # one compile each
-    tied_apply = jax.jit(functools.partial(grid_lstm(H, L, tied=True).apply, xs=xs, carry=carry))
-    shared_apply = jax.jit(functools.partial(grid_lstm(H, L, share_levels=True).apply, xs=xs, carry=carry))
+    run = lambda **kw: jax.jit(functools.partial(lj.unroll, grid_lstm(H, L, **kw), xs=xs, carry=carry))
+    untied, tied_apply, shared_apply = run(), run(tied=True), run(share_levels=True)  # one compile each
     # tied: the depth transform is the time transform
     equal = params._replace(w=jnp.repeat(params.w[:, :1], 2, axis=1), b=jnp.repeat(params.b[:, :1], 2, axis=1))
     tied = params._replace(w=params.w[:, :1], b=params.b[:, :1])
@@ -406,7 +407,7 @@ def test_tying_equals_untied_with_equal_weights():
 
 @pytest.mark.parametrize("name", ["project_memory", "transfer_tanh_parallel"])
 def test_gradients_match_finite_differences(name):
-    lay = grid_lstm(3, 1, **LAYERS[name])  # compile-bound: one level; levels are checked above
+    lay = lj.layer(grid_lstm(3, 1, **LAYERS[name]))  # compile-bound: one level; levels are checked above
     rng = np.random.default_rng(2)
     params = perturb(lay.init(jax.random.key(2), 2, dtype=F64), rng)
     xs = normal(rng, (2, 2, 2))
@@ -418,7 +419,7 @@ def test_lengths_padding_and_reverse(reverse):
     """Garbage past each length never leaks; padded outputs are zero; the carry is the last
     valid one; reverse reads each sequence backwards within its own length."""
     _, cell, params, _, _ = layer_setup("default")
-    lay = grid_lstm(H, L, reverse=reverse)
+    lay = lj.layer(grid_lstm(H, L), reverse=reverse)
     rng = np.random.default_rng(5)
     lengths = (T, 0, 2)
     xs = normal(rng, (3, T, I))
@@ -439,8 +440,8 @@ def test_lengths_padding_and_reverse(reverse):
 
 def test_time_major_equals_batch_first():
     _, _, params, xs, carry = layer_setup("tied")
-    bf = grid_lstm(H, L, tied=True)
-    tm = grid_lstm(H, L, tied=True, time_major=True)
+    bf = lj.layer(grid_lstm(H, L, tied=True))
+    tm = lj.layer(grid_lstm(H, L, tied=True), time_major=True)
     assert tm.time_major and not bf.time_major
     ys, final = jax.jit(bf.apply)(params, xs, carry)
     ys_tm, final_tm = jax.jit(tm.apply)(params, jnp.swapaxes(xs, 0, 1), carry)
@@ -467,12 +468,61 @@ def test_dtype_preserved(dtype):
     assert_trees_close(ref_state(carry), want_state, **tol)
 
 
+def segments(resets_row):
+    """``[(start, stop)]`` of the segments a ``resets [T]`` row marks."""
+    starts = sorted({0} | set(np.flatnonzero(resets_row).tolist()))
+    return list(zip(starts, starts[1:] + [len(resets_row)]))
+
+
+def test_resets_equal_running_segments_separately():
+    _, cell, params, xs, carry = layer_setup("project_memory")
+    resets = np.zeros((B, T), bool)
+    resets[0, 2] = resets[1, [0, 3]] = True
+    ys, final = jax.jit(lambda p, x, c, r: lj.unroll(cell, p, x, c, resets=r))(params, xs, carry, jnp.asarray(resets))
+    st = ref_state(final)
+    for b in range(B):
+        for n, (start, stop) in enumerate(segments(resets[b])):
+            first = n == 0 and not resets[b, 0]  # later segments start from the zero carry
+            want_ys, want_state, _ = run_reference(cell, params, np.asarray(xs)[b:b + 1, start:stop],
+                                                   jax.tree.map(lambda a: a[b:b + 1], carry) if first else None)
+            np.testing.assert_allclose(ys[b:b + 1, start:stop], want_ys, **TOL64)
+        assert_trees_close({k: v[b:b + 1] for k, v in st.items()}, want_state, **TOL64)
+
+
+def test_cells_compare_by_config_and_are_static_arguments():
+    a = grid_lstm(H, L, depth_lstm=False)
+    b = grid_lstm(H, L, depth_lstm=False, depth_activation="identity")  # the default, spelled out
+    assert isinstance(a.config, GridLSTMConfig) and a == b and hash(a) == hash(b)
+    assert repr(a) == "grid_lstm(4, depth=2, depth_lstm=False, depth_activation='identity')"
+    assert (a.config.num_transforms, a.config.param_levels) == (1, L)
+    assert (grid_lstm(H, 3, share_levels=True).config.num_transforms,
+            grid_lstm(H, 3, share_levels=True).config.param_levels) == (2, 1)
+    for other in (grid_lstm(H, L), grid_lstm(H, L, depth_lstm=False, priority=False),
+                  grid_lstm(H, 3, depth_lstm=False), grid_lstm(H, L, depth_lstm=False, depth_activation="tanh")):
+        assert a != other
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(cell, params, xs):
+        traces.append(cell)
+        return lj.unroll(cell, params, xs)[0]
+
+    _, _, params, xs, _ = layer_setup("transfer_identity")
+    np.testing.assert_array_equal(run(a, params, xs), run(b, params, xs))
+    assert traces == [a]  # the equal cell hit the cache
+
+
 # ----------------------------------------------------------------------------------- errors
 
 _TRS = init_grid_block(jax.random.key(0), 2, H, dtype=F64)
 _HS = (jnp.zeros((B, H), F64),) * 2
-_CELL = grid_lstm_cell(H, 2)
-_PARAMS = _CELL.init(jax.random.key(0), I, dtype=F64)
+_CELL = grid_lstm(H, 2)
+_PARAMS = jax.eval_shape(lambda: _CELL.init(jax.random.key(0), I, dtype=F64))  # shapes: all the checks read
+_LSTM_PARAMS = jax.eval_shape(lambda: lj.lstm(H).init(jax.random.key(0), I, dtype=F64))
+
+
+def _layer(*args, **kwargs):
+    return lj.layer(grid_lstm(*args, **kwargs))
 
 
 @pytest.mark.parametrize("thunk, error, match", [
@@ -487,20 +537,28 @@ _PARAMS = _CELL.init(jax.random.key(0), I, dtype=F64)
     (lambda: grid_lstm(H, 2, tied=True, depth_lstm=False), ValueError, "`tied=True` .* needs `depth_lstm=True`"),
     (lambda: grid_lstm(H, 2, depth_lstm=False, input_memory="project"), ValueError,
      "`input_memory='project'` .* needs `depth_lstm=True`"),
+    (lambda: grid_lstm(H, 2, tied=1), TypeError, "`tied` must be a bool, got 1"),
+    (lambda: grid_lstm(H, 2, priority=None), TypeError, "`priority` must be a bool, got None"),
+    (lambda: grid_lstm(H, 2, forget_bias=None), ValueError, "`forget_bias` must be a finite number, got None"),
+    (lambda: grid_lstm(H, 2, bias_init=[0.0]), TypeError, r"`bias_init` must be an initialiser"),
     (lambda: _CELL.init(jax.random.key(0), 0), ValueError, "`input_size` must be a positive int"),
     (lambda: _CELL.init(jax.random.key(0), I, dtype=jnp.int32), TypeError, "`dtype` must be a floating dtype"),
-    (lambda: grid_lstm(H, 2).apply(_PARAMS, jnp.ones((B, T, I + 1), F64)), ValueError,
-     r"`xs` must have shape \[..., I\] with last axis 3"),
-    (lambda: grid_lstm(H, 2).apply(_PARAMS, jnp.ones((B, T, I), F32)), TypeError,
+    (lambda: _layer(H, 2).apply(_PARAMS, jnp.ones((B, T, I + 1), F64)), ValueError,
+     r"`xs` must have shape \[..., T, I\] with last axis 3"),
+    (lambda: _layer(H, 2).apply(_PARAMS, jnp.ones((B, T, I), F32)), TypeError,
      "`xs` has dtype float32 but the parameters are float64"),
-    (lambda: grid_lstm(H, 3).apply(_PARAMS, jnp.ones((B, T, I), F64)), ValueError,
-     r"`params.w` must have shape \(3, 2, 8, 16\) for this cell \(depth=3"),
-    (lambda: grid_lstm(H, 2, tied=True).init_carry(_PARAMS), ValueError, r"`params.w` must have shape \(2, 1, 8, 16\)"),
-    (lambda: grid_lstm(H, 2).apply(lj.lstm(H).init(jax.random.key(0), I), jnp.ones((B, T, I))), TypeError,
-     "`params` must be GridLSTMParams"),
-    (lambda: grid_lstm(H + 1, 2).init_carry(_PARAMS), ValueError, "`params.b` must have last axis 20"),
-    (lambda: grid_lstm(H, 2).apply(_PARAMS, jnp.ones((B, T, I), F64), GridLSTMState(*(jnp.zeros((B, H), F64),) * 2)),
-     ValueError, "`carry` must have shapes"),
+    (lambda: _layer(H, 3).apply(_PARAMS, jnp.ones((B, T, I), F64)), ValueError,
+     r"`params.w` has shape \(2, 2, 8, 16\), but grid_lstm\(4, depth=3\) needs \(3, 2, 8, 16\)"),
+    (lambda: _layer(H, 2, tied=True).init_carry(_PARAMS), ValueError,
+     r"`params.w` has shape \(2, 2, 8, 16\), but grid_lstm\(4, depth=2, tied=True\) needs \(2, 1, 8, 16\)"),
+    (lambda: _layer(H, 2).apply(_LSTM_PARAMS, jnp.ones((B, T, I), F64)), TypeError,
+     r"`params` must be GridLSTMParams for grid_lstm\(4, depth=2\), got LSTMParams"),
+    (lambda: _layer(H + 1, 2).init_carry(_PARAMS), ValueError,
+     r"`params.w_in` has shape \(3, 4\), but grid_lstm\(5, depth=2\) needs \(3, 5\)"),
+    (lambda: _layer(H, 2, input_memory="project").apply(_PARAMS, jnp.ones((B, T, I), F64)), ValueError,
+     r"`params.w_in_memory` is missing: grid_lstm\(4, depth=2, input_memory='project'\) has it"),
+    (lambda: _layer(H, 2).apply(_PARAMS, jnp.ones((B, T, I), F64), GridLSTMState(*(jnp.zeros((B, H), F64),) * 2)),
+     ValueError, r"`carry.hidden` must have shape \(2, 8\) for batch shape \(2,\)"),
     (lambda: grid_block(_TRS, _HS[:1], (None, None)), ValueError,
      "`hidden` and `memory` must each hold N=2 vectors .* got 1 and 2"),
     (lambda: grid_block((), (), ()), ValueError, "`transforms` must hold one transform per dimension, got none"),
@@ -536,7 +594,7 @@ def test_errors(thunk, error, match):
 def test_grid_lstm_learns_delayed_recall():
     """Optax on the delayed-recall task of tests/test_training.py: the target at step t is
     x[t - LAG, 0]. Predicting 0 (no memory) scores MSE (T - LAG) / T ~ 0.83; we ask for a tenth."""
-    Bt, Tt, It, Ht, LAG, STEPS = 32, 12, 8, 8, 2, 300  # compile-bound: steps are cheap
+    Bt, Tt, It, Ht, LAG, STEPS = 32, 12, 8, 8, 2, 150  # compile-bound: steps are cheap
     baseline = (Tt - LAG) / Tt
 
     data = functools.partial(helpers.delayed_recall, T=Tt, I=It, lag=LAG, dtype=F32)

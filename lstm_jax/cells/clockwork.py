@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple, Sequence
 
@@ -11,7 +12,9 @@ import numpy as np
 
 from lstm_jax import _checks
 from lstm_jax import initializers as inits
-from lstm_jax.cell import ACTIVATIONS, Cell, make_cell
+from lstm_jax.cell import Cell, CellConfig
+from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
+from lstm_jax.ops import ACTIVATIONS
 
 Array = jax.Array
 
@@ -35,8 +38,8 @@ class ClockworkState(NamedTuple):
     """Clockwork RNN carry.
 
     ``step`` counts the steps taken, modulo the least common multiple of the periods (all the
-    schedule needs, and it cannot overflow). It has a trailing axis of 1 so that every carry
-    leaf is ``[..., n]`` like other cells' (``unroll``'s ``lengths`` masking relies on that).
+    schedule needs, and it cannot overflow). It has a trailing axis of 1, so that like every
+    other carry leaf it is the batch shape followed by a feature axis.
     """
 
     hidden: Array  # [..., H]  h_t, modules side by side, fastest first
@@ -72,6 +75,37 @@ def clockwork_mask(hidden_size: int, periods: Sequence[int]) -> np.ndarray:
     module = np.arange(hidden_size) // k  # [H]
     src, dst = module[:, None], module[None, :]
     return (src == dst) | (periods[src] > periods[dst])
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ClockworkConfig(CellConfig):
+    """Hyper-parameters of :func:`clockwork` (see there); ``periods`` is the sorted tuple of
+    clock periods, one per module, fastest first."""
+
+    constructor = "clockwork"
+    hidden_size: int
+    periods: tuple[int, ...]
+    activation: str = "tanh"
+    kernel_init: inits.Initializer | None = None
+    recurrent_init: inits.Initializer | None = None
+    bias_init: inits.Initializer | None = None
+
+    def __post_init__(self):
+        H = _checks.positive_int("hidden_size", self.hidden_size)
+        periods = self.periods
+        if isinstance(periods, (str, bytes)) or not isinstance(periods, Sequence) or not periods:
+            raise ValueError(f"`periods` must be a non-empty list of positive ints, got {periods!r}.")
+        periods = tuple(sorted(_checks.positive_int(f"periods[{n}]", p) for n, p in enumerate(periods)))
+        if H % len(periods):
+            raise ValueError(f"`hidden_size` ({H}) must be divisible by the number of modules ({len(periods)}).")
+        set_fields(self, hidden_size=H, periods=periods,
+                   activation=_checks.choice("activation", self.activation, ACTIVATIONS),
+                   kernel_init=initializer("kernel_init", self.kernel_init),
+                   recurrent_init=initializer("recurrent_init", self.recurrent_init),
+                   bias_init=initializer("bias_init", self.bias_init))
+
+    def build(self) -> Cell:
+        return _clockwork_cell(self)
 
 
 def clockwork(
@@ -118,8 +152,11 @@ def clockwork(
     * The step counter lives in the carry (:class:`ClockworkState`), so the cell works under
       ``scan``, ``jit``, ``vmap`` and with ``lengths`` (padded steps freeze the counter with
       the rest of the carry). A fresh carry starts at ``t = 0``, where every module fires;
-      pass a carry with another ``step`` to shift the phase. ``reverse=True`` counts from the
-      first step *read* (the last one, or each sequence's last valid one with ``lengths``).
+      pass a carry with another ``step`` to shift the phase. Read with ``reverse`` (an
+      option of :func:`lstm_jax.unroll` and :func:`lstm_jax.layer`), the count starts at
+      the first step *read* (the last one, or each sequence's last valid one with
+      ``lengths``). A reset (``resets``) restores the initial carry, counter included, so
+      every segment starts at ``t = 0``.
     * Modules with equal periods are not connected to each other (the paper's rule
       "``i`` receives from ``j`` only if ``T_i < T_j``", applied literally), so the
       connectivity does not depend on how ties are ordered.
@@ -144,81 +181,68 @@ def clockwork(
       bias_init: bias initialiser (default zeros).
 
     Returns:
-      A :class:`~lstm_jax.Cell` with :class:`ClockworkParams` and :class:`ClockworkState`;
-      ``project(params, xs[..., I]) -> [..., H]``; ``y_t = h_t [..., H]``. ``options``
-      records the sorted ``periods``. ``recur_with_gates`` reports ``"candidate"`` (the
-      update every module would make), ``"active"`` (1 where the module fired, else 0) and
-      ``"hidden"``.
+      A :class:`~lstm_jax.Cell` with :class:`ClockworkConfig` (which holds the sorted
+      ``periods``), :class:`ClockworkParams` and :class:`ClockworkState`;
+      ``project(params, xs[..., I]) -> [..., H]``; ``y_t = h_t [..., H]``; gates
+      ``"candidate"`` (the update every module would make), ``"active"`` (1 where the module
+      fired, else 0) and ``"hidden"``.
 
     Raises:
       ValueError: neither or inconsistent ``periods``/``num_modules``; a period that is not a
         positive int; ``hidden_size`` not divisible by the number of modules; an unknown
         ``activation``.
+      TypeError: an initialiser that is not a hashable callable.
     """
-    H = _checks.positive_int("hidden_size", hidden_size)
     if periods is None:
         if num_modules is None:
             raise ValueError("Pass `periods` (one clock period per module) or `num_modules` "
                              "(for the exponential periods 1, 2, 4, ...); got neither.")
         periods = exponential_periods(num_modules)
-    else:
-        if isinstance(periods, (str, bytes)) or not isinstance(periods, Sequence) or not periods:
-            raise ValueError(f"`periods` must be a non-empty list of positive ints, got {periods!r}.")
-        for n, p in enumerate(periods):
-            _checks.positive_int(f"periods[{n}]", p)
-        if num_modules is not None:
-            g = _checks.positive_int("num_modules", num_modules)
-            if g != len(periods):
-                raise ValueError(f"`num_modules` ({g}) must equal len(`periods`) ({len(periods)}); "
-                                 "pass only one of them.")
-    periods = tuple(sorted(int(p) for p in periods))
-    g = len(periods)
-    if H % g:
-        raise ValueError(f"`hidden_size` ({H}) must be divisible by the number of modules ({g}).")
-    k = H // g
-    act = ACTIVATIONS[_checks.choice("activation", activation, ACTIVATIONS)]
-    kernel_init = kernel_init or inits.glorot_uniform()
-    recurrent_init = recurrent_init or inits.orthogonal()
-    bias_init = bias_init or inits.zeros
+    elif num_modules is not None:
+        g = _checks.positive_int("num_modules", num_modules)
+        if isinstance(periods, Sequence) and not isinstance(periods, (str, bytes)) and g != len(periods):
+            raise ValueError(f"`num_modules` ({g}) must equal len(`periods`) ({len(periods)}); "
+                             "pass only one of them.")
+    return ClockworkConfig(hidden_size, periods, activation=activation, kernel_init=kernel_init,
+                           recurrent_init=recurrent_init, bias_init=bias_init).build()
 
+
+def _clockwork_cell(config: ClockworkConfig) -> Cell:
+    H, periods = config.hidden_size, config.periods
+    k = H // len(periods)
+    act = ACTIVATIONS[config.activation]
+    kernel_init = or_default(config.kernel_init, inits.glorot_uniform)
+    recurrent_init = or_default(config.recurrent_init, inits.orthogonal)
+    bias_init = or_default(config.bias_init, lambda: inits.zeros)
     mask = clockwork_mask(H, periods)  # [H, H] bool, a constant
     unit_periods = np.repeat(np.asarray(periods, np.int32), k)  # [H]
     lcm = math.lcm(*periods)
-    wrap = lcm if lcm <= _INT32_MAX else None
+    wrap = lcm if lcm <= _INT32_MAX else None  # an lcm past int32 is never reached: count on
 
-    def init(key, input_size, *, dtype=jnp.float32):
-        input_size = _checks.positive_int("input_size", input_size)
-        dtype = _checks.floating_dtype("dtype", dtype)
+    def init(key, input_size, dtype):
         kx, kh, kb = jax.random.split(key, 3)
         w_h = recurrent_init(kh, (H, H), dtype)
         return ClockworkParams(w_x=kernel_init(kx, (input_size, H), dtype),
                                w_h=jnp.where(mask, w_h, jnp.zeros((), dtype)),
                                b=bias_init(kb, (H,), dtype))
 
-    def init_carry(params, batch_shape=()):
-        _checks.params_of(params, ClockworkParams, "w_h", H)
-        batch_shape = _checks.batch_shape(batch_shape)
+    def init_carry(params, batch_shape):
         return ClockworkState(hidden=jnp.zeros(batch_shape + (H,), params.w_h.dtype),
                               step=jnp.zeros(batch_shape + (1,), jnp.int32))
 
     def project(params, xs):
-        _checks.params_of(params, ClockworkParams, "w_h", H)
-        _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         return xs @ params.w_x + params.b
 
-    def recur_impl(params, carry, px, with_gates):
+    def recur(params, carry, px, *, aux=False):
         h_prev, step = carry.hidden, carry.step
-        w_h = jnp.where(mask, params.w_h, jnp.zeros((), params.w_h.dtype))  # [H, H]
+        w_h = jnp.where(mask, params.w_h, jnp.zeros((), params.w_h.dtype))  # unused entries: no gradient
         cand = act(px + h_prev @ w_h)  # [..., H]
         active = (step % unit_periods) == 0  # [..., 1] % [H] -> [..., H]
         h = jnp.where(active, cand, h_prev)
         nxt = step + 1
         new = ClockworkState(hidden=h, step=nxt % wrap if wrap is not None else nxt)
-        if with_gates:
+        if aux:
             return new, h, {"candidate": cand, "active": active.astype(h.dtype), "hidden": h}
         return new, h
 
-    return make_cell(name="clockwork",
-                     options=dict(hidden_size=H, periods=periods, activation=activation),
-                     hidden_size=H, output_size=H, init=init, init_carry=init_carry,
-                     project=project, recur_impl=recur_impl)
+    return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur)

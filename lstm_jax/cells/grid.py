@@ -4,11 +4,11 @@ Two levels, like the rest of the library:
 
 * :func:`grid_block` is the N-dimensional block of the paper as a pure function over lists of
   hidden and memory vectors (one per dimension), with :func:`init_grid_block` for its weights.
-* :func:`grid_lstm` is the 2-D Grid LSTM along *time* and *depth* as a sequence
-  :class:`~lstm_jax.Layer`. Its composite cell (:func:`grid_lstm_cell`) carries the
-  time-dimension ``(h, m)`` of every depth level, so one ``lax.scan`` (through
-  :func:`lstm_jax.unroll`) runs the whole grid, and ``lengths``, ``reverse`` and
-  ``time_major`` behave exactly as for any other cell.
+* :func:`grid_lstm` is the 2-D Grid LSTM along *time* and *depth* as one composite
+  :class:`~lstm_jax.Cell` that carries the time-dimension ``(h, m)`` of every depth level,
+  so one ``lax.scan`` (through :func:`lstm_jax.unroll`) runs the whole grid, and
+  ``lengths``, ``resets``, ``reverse`` and ``time_major`` behave exactly as for any other
+  cell: ``lj.layer(lj.grid_lstm(64, depth=3))``.
 
 Reference: N. Kalchbrenner, I. Danihelka, A. Graves, "Grid Long Short-Term Memory",
 ICLR 2016, arXiv:1507.01526.
@@ -16,7 +16,8 @@ ICLR 2016, arXiv:1507.01526.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import dataclasses
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +25,15 @@ import numpy as np
 
 from lstm_jax import _checks
 from lstm_jax import initializers as inits
-from lstm_jax.cell import ACTIVATIONS, Cell, make_cell, split_blocks
-from lstm_jax.layers import Layer, layer
+from lstm_jax.cell import Cell, CellConfig
+from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
+from lstm_jax.cells.lstm import GATE_ORDER
+from lstm_jax.ops import ACTIVATIONS, lstm_update, split_blocks
 
 Array = jax.Array
 
-# Fused gate order along the last axis of every LSTM transform: (i, f, g, o), as lstm_jax.lstm.
-# The paper's names: i = g^u (input/"update"), f = g^f, g = g^c (candidate), o = g^o.
-GATE_ORDER = ("input", "forget", "candidate", "output")
+# Every LSTM transform fuses its gates along the last axis in lstm_jax.lstm's GATE_ORDER
+# (i, f, g, o); the paper's names: i = g^u (input/"update"), f = g^f, g = g^c (candidate), o = g^o.
 OUTPUT_FORMS = ("standard", "paper")
 TRANSFER_ACTIVATIONS = ("identity", "tanh", "relu")
 INPUT_MEMORIES = ("zeros", "project")
@@ -54,13 +56,34 @@ class GridTransfer(NamedTuple):
 
 
 def _lstm_transform(tr: GridLSTMTransform, hcat: Array, m: Array, output_form: str):
-    g = split_blocks(hcat @ tr.w + tr.b, GATE_ORDER)
-    i, f, o = (jax.nn.sigmoid(g[k]) for k in ("input", "forget", "output"))
-    c = jnp.tanh(g["candidate"])
-    m_new = f * m + i * c
-    h_new = o * jnp.tanh(m_new) if output_form == "standard" else jnp.tanh(o * m_new)
-    return h_new, m_new, {"input": i, "forget": f, "candidate": c, "output": o, "memory": m_new,
-                          "hidden": h_new}
+    z = split_blocks(hcat @ tr.w + tr.b, GATE_ORDER)
+    h, m_new, gates = lstm_update(z["input"], z["forget"], z["candidate"], z["output"], m)
+    if output_form == "paper":  # eq. 1 as printed, h' = tanh(o * m'), from the same o and m'
+        h = jnp.tanh(gates["output"] * m_new)
+    return h, m_new, dict(gates, memory=m_new, hidden=h)
+
+
+def _block(transforms, hidden, memory, priority: int | None, output_form: str,
+           transfer: Callable[[Array], Array]):
+    """:func:`grid_block`'s equations on checked arguments; returns ``(hidden', memory', gates)``."""
+    N = len(transforms)
+
+    def apply(k, hcat):
+        tr = transforms[k]
+        if isinstance(tr, GridTransfer):
+            h = transfer(hcat @ tr.w + tr.b)
+            return h, None, {"hidden": h}
+        return _lstm_transform(tr, hcat, memory[k], output_form)
+
+    out = [None] * N
+    hcat = jnp.concatenate(hidden, axis=-1)  # [..., N*H]
+    for k in range(N):
+        if k != priority:
+            out[k] = apply(k, hcat)
+    if priority is not None:  # the priority dimension reads the others' new hidden vectors
+        hcat = jnp.concatenate([hidden[k] if k == priority else out[k][0] for k in range(N)], axis=-1)
+        out[priority] = apply(priority, hcat)
+    return tuple(o[0] for o in out), tuple(o[1] for o in out), tuple(o[2] for o in out)
 
 
 def grid_block(
@@ -96,7 +119,8 @@ def grid_block(
         h' = \tanh(o \odot m') \quad (\text{``paper''})
 
     The paper prints ``h' = tanh(g^o ⊙ m')``; the default ``"standard"`` form is the usual
-    LSTM output (and :func:`lstm_jax.lstm`'s), so a 1-D block is exactly an LSTM step.
+    LSTM output (and :func:`lstm_jax.lstm`'s), so a 1-D block is exactly an LSTM step. Both
+    forms come from :func:`lstm_jax.ops.lstm_update`, the update every LSTM here shares.
 
     **Tied weights**: pass the same transform for several dimensions (``W_i = W_j``); see
     :func:`init_grid_block` (``tied=True``).
@@ -136,7 +160,7 @@ def grid_block(
       TypeError: a transform of the wrong type, or hidden/memory dtypes unlike the weights'.
     """
     _checks.choice("output_form", output_form, OUTPUT_FORMS)
-    act = ACTIVATIONS[_checks.choice("transfer_activation", transfer_activation, TRANSFER_ACTIVATIONS)]
+    transfer = ACTIVATIONS[_checks.choice("transfer_activation", transfer_activation, TRANSFER_ACTIVATIONS)]
     transforms, hidden, memory = tuple(transforms), tuple(hidden), tuple(memory)
     N = len(transforms)
     if N == 0:
@@ -179,26 +203,8 @@ def grid_block(
             if jnp.result_type(v) != dtype:
                 raise TypeError(f"`{name}[{k}]` has dtype {jnp.result_type(v)} but the weights are {dtype}.")
 
-    def apply(k, hcat):
-        tr = transforms[k]
-        if isinstance(tr, GridTransfer):
-            h = act(hcat @ tr.w + tr.b)
-            return h, None, {"hidden": h}
-        return _lstm_transform(tr, hcat, memory[k], output_form)
-
-    out = [None] * N
-    hcat = jnp.concatenate(hidden, axis=-1)  # [..., N*H]
-    for k in range(N):
-        if k != priority:
-            out[k] = apply(k, hcat)
-    if priority is not None:
-        hcat = jnp.concatenate([hidden[k] if k == priority else out[k][0] for k in range(N)], axis=-1)
-        out[priority] = apply(priority, hcat)
-    new_h = tuple(o[0] for o in out)
-    new_m = tuple(o[1] for o in out)
-    if return_gates:
-        return new_h, new_m, tuple(o[2] for o in out)
-    return new_h, new_m
+    new_h, new_m, gates = _block(transforms, hidden, memory, priority, output_form, transfer)
+    return (new_h, new_m, gates) if return_gates else (new_h, new_m)
 
 
 def _init_lstm_transform(key, num_dims, H, forget_bias, dtype, w_init, b_init) -> GridLSTMTransform:
@@ -253,8 +259,8 @@ def init_grid_block(
     lstm_dims = (True,) * N if lstm_dims is None else tuple(bool(d) for d in lstm_dims)
     if len(lstm_dims) != N:
         raise ValueError(f"`lstm_dims` must hold num_dims={N} booleans, got {len(lstm_dims)}.")
-    w_init = kernel_init or inits.orthogonal()
-    b_init = bias_init or inits.zeros
+    w_init = or_default(kernel_init, inits.orthogonal)
+    b_init = or_default(bias_init, lambda: inits.zeros)
     keys = jax.random.split(key, N)
     shared = _init_lstm_transform(keys[0], N, H, forget_bias, dtype, w_init, b_init) if tied else None
     return tuple(
@@ -263,7 +269,7 @@ def init_grid_block(
         for k, is_lstm in zip(keys, lstm_dims))
 
 
-# -------------------------------------------------------------------- the 2-D time x depth layer
+# --------------------------------------------------------------------- the 2-D time x depth cell
 
 class GridLSTMParams(NamedTuple):
     """Parameters of the 2-D (time x depth) Grid LSTM.
@@ -301,7 +307,68 @@ class GridLSTMInput(NamedTuple):
     memory: Array | None  # [..., H]  m_depth entering level 0 (input_memory="project")
 
 
-def grid_lstm_cell(
+@dataclasses.dataclass(frozen=True, repr=False)
+class GridLSTMConfig(CellConfig):
+    """Hyper-parameters of :func:`grid_lstm` (see there). ``depth_activation`` is None for an
+    LSTM depth dimension and defaults to ``"identity"`` for a non-LSTM one."""
+
+    constructor = "grid_lstm"
+    hidden_size: int
+    depth: int
+    tied: bool = False
+    share_levels: bool = False
+    depth_lstm: bool = True
+    depth_activation: str | None = None
+    priority: bool = True
+    input_memory: str = "zeros"
+    output_form: str = "standard"
+    forget_bias: float = 1.0
+    kernel_init: inits.Initializer | None = None
+    recurrent_init: inits.Initializer | None = None
+    bias_init: inits.Initializer | None = None
+
+    def __post_init__(self):
+        H = _checks.positive_int("hidden_size", self.hidden_size)
+        L = _checks.positive_int("depth", self.depth)
+        flags = {n: _checks.boolean(n, getattr(self, n)) for n in ("tied", "share_levels", "depth_lstm", "priority")}
+        input_memory = _checks.choice("input_memory", self.input_memory, INPUT_MEMORIES)
+        depth_activation = self.depth_activation
+        if flags["depth_lstm"]:
+            if depth_activation is not None:
+                raise ValueError("`depth_activation` applies to a non-LSTM depth dimension; pass it only "
+                                 "with `depth_lstm=False`.")
+        else:
+            depth_activation = _checks.choice("depth_activation", depth_activation or "identity",
+                                              TRANSFER_ACTIVATIONS)
+            if flags["tied"]:
+                raise ValueError("`tied=True` shares one LSTM transform between the time and depth "
+                                 "dimensions; it needs `depth_lstm=True`.")
+            if input_memory != "zeros":
+                raise ValueError("`input_memory='project'` feeds the depth dimension's memory; it needs "
+                                 "`depth_lstm=True`.")
+        set_fields(self, hidden_size=H, depth=L, **flags,
+                   depth_activation=depth_activation, input_memory=input_memory,
+                   output_form=_checks.choice("output_form", self.output_form, OUTPUT_FORMS),
+                   forget_bias=_checks.number("forget_bias", self.forget_bias),
+                   kernel_init=initializer("kernel_init", self.kernel_init),
+                   recurrent_init=initializer("recurrent_init", self.recurrent_init),
+                   bias_init=initializer("bias_init", self.bias_init))
+
+    @property
+    def num_transforms(self) -> int:
+        """``D``, the LSTM transforms per block: 2 (time, depth), 1 when tied or the depth is non-LSTM."""
+        return 1 if (self.tied or not self.depth_lstm) else 2
+
+    @property
+    def param_levels(self) -> int:
+        """How many levels have their own weights: 1 with ``share_levels``, else ``depth``."""
+        return 1 if self.share_levels else self.depth
+
+    def build(self) -> Cell:
+        return _grid_lstm_cell(self)
+
+
+def grid_lstm(
     hidden_size: int,
     depth: int,
     *,
@@ -317,143 +384,7 @@ def grid_lstm_cell(
     recurrent_init: inits.Initializer | None = None,
     bias_init: inits.Initializer | None = None,
 ) -> Cell:
-    r"""The 2-D (time x depth) Grid LSTM as one composite cell: the equations, options and
-    arguments are those of :func:`grid_lstm` (which wraps this cell with :func:`lstm_jax.layer`).
-
-    Returns:
-      A :class:`~lstm_jax.Cell` with :class:`GridLSTMParams` and :class:`GridLSTMState`;
-      ``project(params, xs[..., I]) -> GridLSTMInput``; ``y_t [..., H]`` is the top block's
-      depth-dimension hidden vector. ``recur_with_gates`` reports ``"{time|depth}{l}_{name}"``
-      (``name`` in ``input, forget, candidate, output, memory, hidden``; only ``hidden`` for a
-      non-LSTM depth dimension) and ``"hidden"`` (the output), each ``[..., H]``.
-    """
-    H = _checks.positive_int("hidden_size", hidden_size)
-    L = _checks.positive_int("depth", depth)
-    _checks.choice("input_memory", input_memory, INPUT_MEMORIES)
-    _checks.choice("output_form", output_form, OUTPUT_FORMS)
-    if depth_lstm:
-        if depth_activation is not None:
-            raise ValueError("`depth_activation` applies to a non-LSTM depth dimension; pass it only "
-                             "with `depth_lstm=False`.")
-    else:
-        depth_activation = _checks.choice("depth_activation", depth_activation or "identity",
-                                          TRANSFER_ACTIVATIONS)
-        if tied:
-            raise ValueError("`tied=True` shares one LSTM transform between the time and depth "
-                             "dimensions; it needs `depth_lstm=True`.")
-        if input_memory != "zeros":
-            raise ValueError("`input_memory='project'` feeds the depth dimension's memory; it needs "
-                             "`depth_lstm=True`.")
-    D = 1 if (tied or not depth_lstm) else 2
-    Lp = 1 if share_levels else L
-    kernel_init = kernel_init or inits.glorot_uniform()
-    recurrent_init = recurrent_init or inits.orthogonal()
-    bias_init = bias_init or inits.zeros
-    options = dict(hidden_size=H, depth=L, tied=tied, share_levels=share_levels, depth_lstm=depth_lstm,
-                   depth_activation=depth_activation, priority=priority, input_memory=input_memory,
-                   output_form=output_form, forget_bias=forget_bias)
-
-    def init(key, input_size, *, dtype=jnp.float32):
-        input_size = _checks.positive_int("input_size", input_size)
-        dtype = _checks.floating_dtype("dtype", dtype)
-        k_in, k_mem, k_b_in, k_b_mem, k_blocks = jax.random.split(key, 5)
-        levels = []
-        for k in jax.random.split(k_blocks, Lp):
-            block = init_grid_block(k, 2, H, lstm_dims=(True, depth_lstm), tied=tied,
-                                    forget_bias=forget_bias, dtype=dtype,
-                                    kernel_init=recurrent_init, bias_init=bias_init)
-            levels.append(block)
-        lstm_trs = [[tr for tr in block[:D]] for block in levels]
-        w = jnp.stack([jnp.stack([tr.w for tr in trs]) for trs in lstm_trs])
-        b = jnp.stack([jnp.stack([tr.b for tr in trs]) for trs in lstm_trs])
-        project_mem = input_memory == "project"
-        return GridLSTMParams(
-            w_in=kernel_init(k_in, (input_size, H), dtype),
-            b_in=bias_init(k_b_in, (H,), dtype),
-            w=w,
-            b=b,
-            w_in_memory=kernel_init(k_mem, (input_size, H), dtype) if project_mem else None,
-            b_in_memory=bias_init(k_b_mem, (H,), dtype) if project_mem else None,
-            w_transfer=None if depth_lstm else jnp.stack([block[1].w for block in levels]),
-            b_transfer=None if depth_lstm else jnp.stack([block[1].b for block in levels]),
-        )
-
-    def check_params(params):
-        _checks.params_of(params, GridLSTMParams, "b", 4 * H)
-        want = (Lp, D, 2 * H, 4 * H)
-        if tuple(params.w.shape) != want:
-            raise ValueError(f"`params.w` must have shape {want} for this cell (depth={L}, tied={tied}, "
-                             f"share_levels={share_levels}, depth_lstm={depth_lstm}), got "
-                             f"{tuple(params.w.shape)}; were the params made by another grid_lstm?")
-
-    def init_carry(params, batch_shape=()):
-        check_params(params)
-        zeros = jnp.zeros(_checks.batch_shape(batch_shape) + (L * H,), params.w.dtype)
-        return GridLSTMState(hidden=zeros, memory=zeros)
-
-    def project(params, xs):
-        check_params(params)
-        _checks.features("xs", xs, params.w_in.shape[0], params.w_in.dtype)
-        mem = None if params.w_in_memory is None else xs @ params.w_in_memory + params.b_in_memory
-        return GridLSTMInput(hidden=xs @ params.w_in + params.b_in, memory=mem)
-
-    def level_transforms(params, l):
-        j = 0 if share_levels else l
-        time = GridLSTMTransform(w=params.w[j, 0], b=params.b[j, 0])
-        if not depth_lstm:
-            return time, GridTransfer(w=params.w_transfer[j], b=params.b_transfer[j])
-        return time, GridLSTMTransform(w=params.w[j, D - 1], b=params.b[j, D - 1])
-
-    def recur_impl(params, carry, px, with_gates):
-        hs = jnp.split(carry.hidden, L, axis=-1)
-        ms = jnp.split(carry.memory, L, axis=-1)
-        h_d = px.hidden
-        if not depth_lstm:
-            m_d = None
-        else:
-            m_d = jnp.zeros_like(h_d) if px.memory is None else px.memory
-        new_hs, new_ms, gates = [], [], {}
-        for l in range(L):
-            out = grid_block(level_transforms(params, l), (hs[l], h_d), (ms[l], m_d),
-                             priority=1 if priority else None, output_form=output_form,
-                             transfer_activation=depth_activation or "identity",
-                             return_gates=with_gates)
-            (h_t, h_d), (m_t, m_d) = out[0], out[1]
-            new_hs.append(h_t)
-            new_ms.append(m_t)
-            if with_gates:
-                for dim, acts in zip(("time", "depth"), out[2]):
-                    gates.update({f"{dim}{l}_{k}": v for k, v in acts.items()})
-        new = GridLSTMState(hidden=jnp.concatenate(new_hs, axis=-1),
-                            memory=jnp.concatenate(new_ms, axis=-1))
-        if with_gates:
-            return new, h_d, dict(gates, hidden=h_d)
-        return new, h_d
-
-    return make_cell(name="grid_lstm", options=options, hidden_size=H, output_size=H, init=init,
-                     init_carry=init_carry, project=project, recur_impl=recur_impl)
-
-
-def grid_lstm(
-    hidden_size: int,
-    depth: int,
-    *,
-    tied: bool = False,
-    share_levels: bool = False,
-    depth_lstm: bool = True,
-    depth_activation: str | None = None,
-    priority: bool = True,
-    input_memory: str = "zeros",
-    output_form: str = "standard",
-    forget_bias: float = 1.0,
-    reverse: bool = False,
-    time_major: bool = False,
-    unroll: int | bool = 1,
-    kernel_init: inits.Initializer | None = None,
-    recurrent_init: inits.Initializer | None = None,
-    bias_init: inits.Initializer | None = None,
-) -> Layer:
-    r"""2-D Grid LSTM along time and depth (Kalchbrenner et al. 2015) as a sequence layer.
+    r"""2-D Grid LSTM along time and depth (Kalchbrenner et al. 2015) as one composite cell.
 
     At every time step ``t`` the input is projected to the hidden vector entering the bottom
     of the depth dimension (its memory is zero, or a second projection with
@@ -509,22 +440,28 @@ def grid_lstm(
       output_form: ``"standard"`` (``o * tanh(m)``) or ``"paper"`` (``tanh(o * m)``, eq. 1
         as printed).
       forget_bias: added to every LSTM transform's initial forget-gate bias.
-      reverse: read each sequence backwards (within its length with ``lengths``).
-      time_major: ``xs`` is ``[T, ..., I]``.
-      unroll: ``lax.scan`` unroll factor.
       kernel_init: initialiser of the input projections ``[I, H]`` (default Glorot uniform).
       recurrent_init: initialiser of each ``[H, H]`` block of the transforms (default
         orthogonal).
       bias_init: initialiser of every bias (default zeros).
 
     Returns:
-      A :class:`~lstm_jax.Layer` whose params are :class:`GridLSTMParams` and whose carry is
-      :class:`GridLSTMState`; ``apply(params, xs[..., T, I]) -> (ys[..., T, H], carry)``.
-      Its ``spec["cell"]`` is the composite cell (:func:`grid_lstm_cell`).
+      A :class:`~lstm_jax.Cell` with :class:`GridLSTMConfig`, :class:`GridLSTMParams` and
+      :class:`GridLSTMState`; ``project(params, xs[..., I]) -> GridLSTMInput``; ``y_t [..., H]``
+      is the top block's depth-dimension hidden vector; gates ``"{time|depth}{l}_{name}"``
+      (``name`` in ``input, forget, candidate, output, memory, hidden``; only ``hidden`` for a
+      non-LSTM depth dimension) and ``"hidden"`` (the output), each ``[..., H]``.
+
+    Raises:
+      ValueError: a non-positive ``hidden_size`` or ``depth``; an unknown ``input_memory``,
+        ``output_form`` or ``depth_activation``; ``depth_activation`` with an LSTM depth;
+        ``tied`` or ``input_memory="project"`` with a non-LSTM depth; a ``forget_bias`` that is
+        not a finite number.
+      TypeError: a flag that is not a bool; an initialiser that is not a hashable callable.
 
     Example::
 
-        grid = grid_lstm(64, depth=3)
+        grid = lj.layer(lj.grid_lstm(64, depth=3))
         params = grid.init(jax.random.key(0), input_size=8)
         ys, carry = grid.apply(params, xs)   # xs [B, T, 8] -> ys [B, T, 64]
 
@@ -533,9 +470,71 @@ def grid_lstm(
       matmuls per level (``[..., 2H] x [2H, 4H]`` for each LSTM transform, ``[2H, H]`` for a
       non-LSTM depth), sequentially up the levels.
     """
-    cell = grid_lstm_cell(
+    return GridLSTMConfig(
         hidden_size, depth, tied=tied, share_levels=share_levels, depth_lstm=depth_lstm,
-        depth_activation=depth_activation, priority=priority, input_memory=input_memory,
-        output_form=output_form, forget_bias=forget_bias, kernel_init=kernel_init,
-        recurrent_init=recurrent_init, bias_init=bias_init)
-    return layer(cell, reverse=reverse, time_major=time_major, unroll=unroll)
+        depth_activation=depth_activation, priority=priority, input_memory=input_memory, output_form=output_form,
+        forget_bias=forget_bias, kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init).build()
+
+
+def _grid_lstm_cell(config: GridLSTMConfig) -> Cell:
+    H, L, D, Lp = config.hidden_size, config.depth, config.num_transforms, config.param_levels
+    depth_lstm, share_levels = config.depth_lstm, config.share_levels
+    priority = 1 if config.priority else None  # the depth dimension, index 1 of each block
+    transfer = ACTIVATIONS[config.depth_activation or "identity"]
+    kernel_init = or_default(config.kernel_init, inits.glorot_uniform)
+    recurrent_init = or_default(config.recurrent_init, inits.orthogonal)
+    bias_init = or_default(config.bias_init, lambda: inits.zeros)
+    project_memory = config.input_memory == "project"
+
+    def init(key, input_size, dtype):
+        k_in, k_mem, k_b_in, k_b_mem, k_blocks = jax.random.split(key, 5)
+        levels = [init_grid_block(k, 2, H, lstm_dims=(True, depth_lstm), tied=config.tied,
+                                  forget_bias=config.forget_bias, dtype=dtype, kernel_init=recurrent_init,
+                                  bias_init=bias_init)
+                  for k in jax.random.split(k_blocks, Lp)]
+        return GridLSTMParams(
+            w_in=kernel_init(k_in, (input_size, H), dtype),
+            b_in=bias_init(k_b_in, (H,), dtype),
+            w=jnp.stack([jnp.stack([tr.w for tr in block[:D]]) for block in levels]),
+            b=jnp.stack([jnp.stack([tr.b for tr in block[:D]]) for block in levels]),
+            w_in_memory=kernel_init(k_mem, (input_size, H), dtype) if project_memory else None,
+            b_in_memory=bias_init(k_b_mem, (H,), dtype) if project_memory else None,
+            w_transfer=None if depth_lstm else jnp.stack([block[1].w for block in levels]),
+            b_transfer=None if depth_lstm else jnp.stack([block[1].b for block in levels]),
+        )
+
+    def init_carry(params, batch_shape):
+        zeros = jnp.zeros(batch_shape + (L * H,), params.w.dtype)
+        return GridLSTMState(hidden=zeros, memory=zeros)
+
+    def project(params, xs):
+        mem = xs @ params.w_in_memory + params.b_in_memory if project_memory else None
+        return GridLSTMInput(hidden=xs @ params.w_in + params.b_in, memory=mem)
+
+    def level_transforms(params, l):
+        j = 0 if share_levels else l
+        time = GridLSTMTransform(w=params.w[j, 0], b=params.b[j, 0])
+        if not depth_lstm:
+            return time, GridTransfer(w=params.w_transfer[j], b=params.b_transfer[j])
+        return time, GridLSTMTransform(w=params.w[j, D - 1], b=params.b[j, D - 1])
+
+    def recur(params, carry, px, *, aux=False):
+        hs = jnp.split(carry.hidden, L, axis=-1)
+        ms = jnp.split(carry.memory, L, axis=-1)
+        h_d = px.hidden
+        m_d = px.memory  # None: zeros (input_memory="zeros"), or no memory (a non-LSTM depth)
+        if depth_lstm and m_d is None:
+            m_d = jnp.zeros_like(h_d)
+        new_hs, new_ms, gates = [], [], {}
+        for l in range(L):
+            (h_t, h_d), (m_t, m_d), acts = _block(level_transforms(params, l), (hs[l], h_d), (ms[l], m_d),
+                                                  priority, config.output_form, transfer)
+            new_hs.append(h_t)
+            new_ms.append(m_t)
+            if aux:
+                for dim, a in zip(("time", "depth"), acts):
+                    gates.update({f"{dim}{l}_{k}": v for k, v in a.items()})
+        new = GridLSTMState(hidden=jnp.concatenate(new_hs, axis=-1), memory=jnp.concatenate(new_ms, axis=-1))
+        return (new, h_d, dict(gates, hidden=h_d)) if aux else (new, h_d)
+
+    return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur)
