@@ -57,3 +57,11 @@ def train_with_optax(model, params, data_fn, *, steps, batch=32, lr=1e-2, clip=1
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
         (params, _), losses = jax.jit(lambda c: jax.lax.scan(update, c, keys))((params, opt.init(params)))
     return params, losses
+
+
+def segments(resets_row, length=None):
+    """``[(start, stop)]`` of the segments that a ``resets [T]`` row marks within the first
+    ``length`` steps (default all): a segment starts at 0 and at every flagged step."""
+    n = len(resets_row) if length is None else int(length)
+    starts = [0] + [t for t in range(1, n) if resets_row[t]]
+    return list(zip(starts, starts[1:] + [n]))

@@ -290,12 +290,6 @@ def test_reverse_counts_from_the_first_step_read():
     np.testing.assert_allclose(final.hidden, want_h, **TOL64)
 
 
-def segments(resets_row):
-    """``[(start, stop)]`` of the segments a ``resets [T]`` row marks."""
-    starts = sorted({0} | set(np.flatnonzero(resets_row).tolist()))
-    return list(zip(starts, starts[1:] + [len(resets_row)]))
-
-
 def test_resets_equal_running_segments_separately():
     """A reset restores the initial carry, step counter included: each new segment starts at
     t = 0 with every module firing. Forwards the first segment starts from ``carry``; read
@@ -306,7 +300,7 @@ def test_resets_equal_running_segments_separately():
     run = jax.jit(lambda p, x, c, r: [lj.unroll(cell, p, x, c, resets=r, reverse=rev) for rev in (False, True)])
     for reverse, (ys, final) in zip((False, True), run(params, xs, carry, jnp.asarray(resets))):
         for b in range(B):
-            parts = segments(resets[b])
+            parts = helpers.segments(resets[b])
             for n, (start, stop) in enumerate(parts):
                 seq = np.asarray(xs)[b:b + 1, start:stop]
                 # a reset at step 0 discards ``carry`` forwards; backwards it flags no step

@@ -326,12 +326,6 @@ RESETS[1, 0] = True  # at the first step: drops the incoming carry (forwards)
 RESETS[2, 3] = True  # past the length of sequence 2 below: no effect
 
 
-def segments(row, n):
-    """[(start, stop)] of the segments of a sequence of length n with resets ``row``."""
-    starts = [0] + [t for t in range(1, n) if row[t]]
-    return list(zip(starts, starts[1:] + [n]))
-
-
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("impl", ["scan", "auto"])
 @pytest.mark.parametrize("name", sorted(RESET_CELLS))
@@ -344,7 +338,7 @@ def test_resets_equal_running_each_segment_separately(name, impl, reverse):
                           reverse=reverse, impl=impl)
     for b in range(B):
         n = int(lengths[b])
-        parts = segments(RESETS[b], n)
+        parts = helpers.segments(RESETS[b], n)
         outs, finals = [], {}
         for k, (start, stop) in enumerate(parts):
             # the first segment read starts from the given carry, every later one from zeros;

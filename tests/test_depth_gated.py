@@ -412,12 +412,6 @@ def test_dropout_between_layers_uses_the_documented_masks():
 
 # ------------------------------------------------------------------------------------ resets
 
-def segments(resets_row):
-    """``[(start, stop)]`` of the segments a ``resets [T]`` row marks."""
-    starts = sorted({0} | set(np.flatnonzero(resets_row).tolist()))
-    return list(zip(starts, starts[1:] + [len(resets_row)]))
-
-
 def test_resets_equal_running_segments_separately():
     lay, params, xs, carry = setup(2, True)
     resets = np.zeros((B, T), bool)
@@ -426,7 +420,7 @@ def test_resets_equal_running_segments_separately():
         params, xs, carry, jnp.asarray(resets))
     p_ref, s_ref = ref_params(params), ref_state(carry)
     for b in range(B):
-        for n, (start, stop) in enumerate(segments(resets[b])):
+        for n, (start, stop) in enumerate(helpers.segments(resets[b])):
             start_from = [{k: v[b:b + 1] for k, v in s.items()} for s in s_ref] if n == 0 and not resets[b, 0] \
                 else None  # a reset restores the zero carry
             want_ys, want_state, _ = reference(p_ref, np.asarray(xs)[b:b + 1, start:stop], start_from)

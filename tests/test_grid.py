@@ -468,12 +468,6 @@ def test_dtype_preserved(dtype):
     assert_trees_close(ref_state(carry), want_state, **tol)
 
 
-def segments(resets_row):
-    """``[(start, stop)]`` of the segments a ``resets [T]`` row marks."""
-    starts = sorted({0} | set(np.flatnonzero(resets_row).tolist()))
-    return list(zip(starts, starts[1:] + [len(resets_row)]))
-
-
 def test_resets_equal_running_segments_separately():
     _, cell, params, xs, carry = layer_setup("project_memory")
     resets = np.zeros((B, T), bool)
@@ -481,7 +475,7 @@ def test_resets_equal_running_segments_separately():
     ys, final = jax.jit(lambda p, x, c, r: lj.unroll(cell, p, x, c, resets=r))(params, xs, carry, jnp.asarray(resets))
     st = ref_state(final)
     for b in range(B):
-        for n, (start, stop) in enumerate(segments(resets[b])):
+        for n, (start, stop) in enumerate(helpers.segments(resets[b])):
             first = n == 0 and not resets[b, 0]  # later segments start from the zero carry
             want_ys, want_state, _ = run_reference(cell, params, np.asarray(xs)[b:b + 1, start:stop],
                                                    jax.tree.map(lambda a: a[b:b + 1], carry) if first else None)
