@@ -1,8 +1,11 @@
-"""Benchmark: sequential (``lstm_jax.unroll``) vs parallel (``parallel_unroll``) minGRU/minLSTM.
+"""Benchmark: minGRU/minLSTM's generic scan vs their parallel form, both through ``lstm_jax.unroll``.
 
-Times forward+backward (the gradient of ``sum(ys)`` w.r.t. params and inputs) in one process,
-after jit compile and warm-up, as the median of ``--repeats`` runs with ``block_until_ready``;
-prints a Markdown table with the speed-up (sequential time / parallel time) and writes JSON.
+``lj.unroll(cell, params, xs, impl="scan")`` (one sequential ``lax.scan`` of the step) against
+``lj.unroll(cell, params, xs, impl="parallel")`` (the associative scan over time,
+``lstm_jax.kernels.linear_scan``). Times forward+backward (the gradient of ``sum(ys)`` w.r.t.
+params and inputs) in one process, after jit compile and warm-up, as the median of
+``--repeats`` runs with ``block_until_ready``; prints a Markdown table with the speed-up
+(scan time / parallel time) and writes JSON.
 A benchmark, not a test. Sizes: ``B`` sequences of ``T`` steps, ``I = H`` by default.
 
     python experiments/parallel_scan_benchmark.py                       # T = 256 .. 16384
@@ -22,11 +25,9 @@ import jax
 import jax.numpy as jnp
 
 import lstm_jax as lj
-from lstm_jax.cells.minimal import min_gru, min_lstm
-from lstm_jax.parallel import parallel_unroll
 
-CELLS = {"min_gru": min_gru, "min_lstm": min_lstm}
-MODES = {"sequential": lj.unroll, "parallel": parallel_unroll}
+CELLS = {"min_gru": lj.min_gru, "min_lstm": lj.min_lstm}
+IMPLS = ("scan", "parallel")  # unroll's impl: the generic scan, the cell's "parallel" form
 
 
 def parse_args(argv=None):
@@ -55,12 +56,11 @@ def parse_args(argv=None):
     return args
 
 
-def time_one(cell, mode, params, xs, args):
+def time_one(cell, impl, params, xs, args):
     """(compile seconds, median seconds of fwd+bwd, all timed runs)."""
-    unroll = MODES[mode]
 
     def loss(params, xs):
-        ys, _ = unroll(cell, params, xs)  # [B, T, H]
+        ys, _ = lj.unroll(cell, params, xs, impl=impl)  # [B, T, H]
         return jnp.sum(ys)
 
     start = time.perf_counter()
@@ -91,29 +91,29 @@ def main(argv=None):
         for T in args.lengths:
             xs = jax.random.normal(jax.random.key(args.seed + T), (B, T, I), dtype)  # [B, T, I]
             row = {"cell": name, "T": T, "B": B, "H": H, "I": I, "dtype": args.dtype}
-            for mode in MODES:
-                compile_s, median_s, runs = time_one(cell, mode, params, xs, args)
-                row[mode] = {"median_ms": 1e3 * median_s, "compile_s": compile_s,
+            for impl in IMPLS:
+                compile_s, median_s, runs = time_one(cell, impl, params, xs, args)
+                row[impl] = {"median_ms": 1e3 * median_s, "compile_s": compile_s,
                              "runs_ms": [1e3 * r for r in runs]}
-            row["speedup"] = row["sequential"]["median_ms"] / row["parallel"]["median_ms"]
+            row["speedup"] = row["scan"]["median_ms"] / row["parallel"]["median_ms"]
             rows.append(row)
-            print(f"  {name} T={T}: sequential {row['sequential']['median_ms']:.2f} ms, "
+            print(f"  {name} T={T}: scan {row['scan']['median_ms']:.2f} ms, "
                   f"parallel {row['parallel']['median_ms']:.2f} ms", flush=True)
 
     print()
-    print("| cell | T | sequential fwd+bwd (ms) | parallel fwd+bwd (ms) | speed-up (seq / par) "
-          "| compile seq / par (s) |")
+    print("| cell | T | scan fwd+bwd (ms) | parallel fwd+bwd (ms) | speed-up (scan / parallel) "
+          "| compile scan / parallel (s) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['cell']} | {r['T']} | {r['sequential']['median_ms']:.2f} | "
+        print(f"| {r['cell']} | {r['T']} | {r['scan']['median_ms']:.2f} | "
               f"{r['parallel']['median_ms']:.2f} | {r['speedup']:.2f}x | "
-              f"{r['sequential']['compile_s']:.1f} / {r['parallel']['compile_s']:.1f} |")
+              f"{r['scan']['compile_s']:.1f} / {r['parallel']['compile_s']:.1f} |")
 
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": f"{device.platform} ({device.device_kind})", "jax": jax.__version__,
             "processor": platform.processor() or platform.machine(), "repeats": args.repeats,
-            "warmup": args.warmup, "measure": "jit(grad(sum(ys)) w.r.t. (params, xs)), median"}
+            "warmup": args.warmup, "measure": "jit(grad(sum(unroll(impl=...)[0])) w.r.t. (params, xs)), median"}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
 

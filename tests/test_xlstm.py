@@ -1,4 +1,4 @@
-"""xLSTM cells (sLSTM, mLSTM, parallel mLSTM) against float64 NumPy references, plus invariants.
+"""xLSTM cells (sLSTM, mLSTM and its parallel form) against float64 NumPy references, plus invariants.
 
 The references (``tests/reference_xlstm.py``) are written from the paper's equations with
 unfused per-gate weights, per-head loops and the matrix memory in the paper's orientation;
@@ -15,11 +15,15 @@ the documented layouts. Proven here:
 * sLSTM memory mixing is block-diagonal: the Jacobian of the gates w.r.t. ``h_{t-1}`` has
   exactly zero off-head blocks, and perturbing one head's state changes no other head;
 * the sLSTM normaliser is ``>= 1`` from the zero state (no 0/0 at the first step);
-* ``mlstm_parallel`` equals ``unroll`` of the recurrent cell (outputs and final carry,
-  stabiliser included; float64 to 1e-10, float32 to 1e-5; random carry; ``lengths``) and
-  the reference's parallel form;
-* finite-difference gradients; ``lengths``; float32 / bfloat16 / float64 preserved; every
-  user error's message; and a small Optax training run per cell with a stated loss bound.
+* the mLSTM's ``"parallel"`` form (``unroll(..., impl="parallel")``) equals the generic scan
+  (outputs and final carry, stabiliser included; float64 to 1e-10, float32 to 1e-5; random
+  carry; ``lengths``) and the reference's parallel form; its values and gradients w.r.t.
+  params, inputs, initial carry and reset carry equal the scan's under ``lengths``,
+  ``reverse``, ``resets`` and all three together; with resets it equals the reference run
+  segment by segment;
+* finite-difference gradients; ``lengths``; float32 / bfloat16 / float64 preserved; configs
+  (equal, hashable cells usable as jit static arguments; ``repr``); every user error's
+  message; and a small Optax training run per cell with a stated loss bound.
 """
 
 from __future__ import annotations
@@ -32,18 +36,20 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import form_checks  # tests/form_checks.py
 import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax.cells.xlstm import (
+    MLSTMConfig,
     MLSTMParams,
     MLSTMState,
+    SLSTMConfig,
     SLSTMParams,
     SLSTMState,
     mlstm,
-    mlstm_parallel,
     slstm,
 )
-from lstm_jax.models import readout
+from lstm_jax.models.readout import readout
 
 import reference_xlstm as rx  # tests/reference_xlstm.py
 
@@ -67,13 +73,17 @@ all_cells = pytest.mark.parametrize("name", list(CELLS))
 
 # ------------------------------------------------------------------- adapters to the reference
 
+def is_slstm(cell):
+    return isinstance(cell.config, SLSTMConfig)
+
+
 def ref_params(cell, params):
     """Our fused params -> the reference's per-gate dict (float64)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    NH = cell.options["num_heads"]
+    NH = cell.config.num_heads
     Dh = H // NH
     blk = lambda a, j, n: a[..., j * n:(j + 1) * n]
-    if cell.name == "slstm":  # blocks (i, f, z, o); head k's recurrent block w_h[k]
+    if is_slstm(cell):  # blocks (i, f, z, o); head k's recurrent block w_h[k]
         out = {}
         for j, g in enumerate("ifzo"):
             out.update({f"W_x{g}": blk(p.w_x, j, H), f"b_{g}": blk(p.b, j, H), f"R_{g}": blk(p.w_h, j, Dh)})
@@ -89,19 +99,20 @@ def ref_params(cell, params):
 def ref_state(cell, carry):
     """Our carry -> the reference's state dict (float64, leading axes flattened to one)."""
     f64 = lambda a: np.asarray(a, np.float64)
-    if cell.name == "slstm":
+    if is_slstm(cell):
         return {k: f64(v).reshape(-1, H) for k, v in zip("hcnm", carry)}
-    NH = cell.options["num_heads"]
+    NH = cell.config.num_heads
     Dh = H // NH
     return {"C": f64(carry.matrix).reshape(-1, NH, Dh, Dh).transpose(0, 1, 3, 2),  # C^T -> C
             "n": f64(carry.normalizer).reshape(-1, NH, Dh), "m": f64(carry.stabilizer).reshape(-1, NH)}
 
 
-def run_reference(cell, params, xs, carry=None, *, stabilized=True):
-    fn = rx.slstm if cell.name == "slstm" else rx.mlstm
-    state = None if carry is None else ref_state(cell, carry)
+def run_reference(cell, params, xs, carry=None, *, stabilized=True, state=None):
+    """The reference on ``xs [B, T, I]`` from our ``carry`` (or a reference ``state`` dict)."""
+    fn = rx.slstm if is_slstm(cell) else rx.mlstm
+    state = state if carry is None else ref_state(cell, carry)
     return fn(ref_params(cell, params), np.asarray(xs, np.float64), state, stabilized=stabilized,
-              num_heads=cell.options["num_heads"], forget_gate=cell.options["forget_gate"])
+              num_heads=cell.config.num_heads, forget_gate=cell.config.forget_gate)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -112,7 +123,7 @@ normal, perturb = helpers.normal, helpers.perturb  # N(0, 1) arrays; add scale *
 def random_carry(cell, params, rng, batch_shape):
     """A random carry; the sLSTM normaliser positive, as it is after any step."""
     carry = perturb(cell.init_carry(params, batch_shape), rng)
-    if cell.name == "slstm":
+    if is_slstm(cell):
         carry = carry._replace(normalizer=jnp.asarray(rng.uniform(0.5, 2.0, carry.normalizer.shape),
                                                       carry.normalizer.dtype))
     return carry
@@ -131,13 +142,13 @@ def setup(name, dtype=F64, seed=0):
 
 
 def input_gate_bias_slice(cell):
-    NH = cell.options["num_heads"]
-    return slice(0, H) if cell.name == "slstm" else slice(4 * H, 4 * H + NH)
+    NH = cell.config.num_heads
+    return slice(0, H) if is_slstm(cell) else slice(4 * H, 4 * H + NH)
 
 
 def forget_gate_bias_slice(cell):
-    NH = cell.options["num_heads"]
-    return slice(H, 2 * H) if cell.name == "slstm" else slice(4 * H + NH, 4 * H + 2 * NH)
+    NH = cell.config.num_heads
+    return slice(H, 2 * H) if is_slstm(cell) else slice(4 * H + NH, 4 * H + 2 * NH)
 
 
 # ------------------------------------------------------------------- agreement with reference
@@ -264,13 +275,13 @@ def test_slstm_normalizer_at_least_one_from_zero_state():
 def test_slstm_recurrence_is_block_diagonal():
     NH, Dh = 4, H // 4
     cell, params, xs, carry = setup("slstm_exp")
-    assert cell.options["num_heads"] == NH and params.w_h.shape == (NH, Dh, 4 * Dh)
+    assert cell.config.num_heads == NH and params.w_h.shape == (NH, Dh, 4 * Dh)
     px = cell.project(params, xs[:, 0])
     head = np.arange(H) // Dh
 
     # d(pre-activation-dependent gates)/d h_{t-1}: zero outside the diagonal head blocks
     def gates(h):
-        _, _, g = cell.recur_with_gates(params, carry._replace(hidden=h), px)
+        _, _, g = cell.recur(params, carry._replace(hidden=h), px, aux=True)
         return {k: g[k] for k in ("input", "forget", "candidate", "output")}
 
     jac = jax.jit(jax.jacobian(gates))(carry.hidden[0:1])  # per gate: [1, H, 1, H]
@@ -316,34 +327,104 @@ def test_mlstm_heads_are_independent():
 @pytest.mark.parametrize("name, dtype", [("mlstm_heads", F64), ("mlstm_exp", F32)],
                          ids=["heads-float64", "exp-float32"])
 def test_mlstm_parallel_equals_recurrent(name, dtype):
-    """Outputs and final carry (stabiliser included) equal ``unroll``'s: from the zero state
-    with no batch axes (and equal the reference's loop-written parallel form), and from a
-    random carry with batch shape (2, 3) and lengths 0..T (length 0: the carry passes through
-    untouched)."""
+    """Outputs and final carry (stabiliser included) equal the generic scan's: from the zero
+    state with no batch axes (and equal the reference's loop-written parallel form), and from
+    a random carry with batch shape (2, 3) and lengths 0..T (length 0: the carry passes
+    through untouched). An empty sequence is the generic scan's (the form refuses it)."""
     cell, params, _, _ = setup(name, dtype)
     rng = np.random.default_rng(7)
     Tl = 12
     tol = TOL64 if dtype == F64 else TOL32
-    par = jax.jit(lambda p, x, c=None, l=None: mlstm_parallel(cell, p, x, c, lengths=l))
-    rec = jax.jit(lambda p, x, c=None, l=None: lj.unroll(cell, p, x, c, lengths=l))
-    xs = normal(rng, (Tl, I), dtype)
-    carry = random_carry(cell, params, rng, (2, 3))
+    xs = normal(rng, (Tl, I), dtype)  # no batch axes, zero state
+    xs_b, carry = normal(rng, (2, 3, Tl, I), dtype), random_carry(cell, params, rng, (2, 3))
     lengths = jnp.array([[0, 1, Tl], [Tl, 7, 3]], jnp.int32)
-    for x, args in [(xs, ()), (normal(rng, (2, 3, Tl, I), dtype), (carry, lengths))]:
-        got_ys, got_c = par(params, x, *args)
-        want_ys, want_c = rec(params, x, *args)
+    run = jax.jit(lambda p, x, c, n, impl: lj.unroll(cell, p, x, c, lengths=n, impl=impl), static_argnums=4)
+    for x, c, n in [(xs, None, None), (xs_b, carry, lengths)]:
+        got_ys, got_c = run(params, x, c, n, "parallel")
+        want_ys, want_c = run(params, x, c, n, "scan")
         assert got_ys.dtype == dtype and got_ys.shape == x.shape[:-1] + (H,)
         np.testing.assert_allclose(np.asarray(got_ys, np.float64), np.asarray(want_ys, np.float64), **tol)
         assert_tree_close(got_c, jax.tree.map(np.asarray, want_c), **tol)
-    want = rx.mlstm_parallel(ref_params(cell, params), np.asarray(xs, np.float64)[None],
-                             num_heads=cell.options["num_heads"], forget_gate=cell.options["forget_gate"])
-    np.testing.assert_allclose(np.asarray(par(params, xs)[0], np.float64), want[0], **tol)
-    assert_tree_close(jax.tree.map(lambda a: a[0, 0], got_c), jax.tree.map(lambda a: np.asarray(a[0, 0]), carry),
-                      rtol=0, atol=0)  # length 0
+        if c is None:
+            want = rx.mlstm_parallel(ref_params(cell, params), np.asarray(xs, np.float64)[None],
+                                     num_heads=cell.config.num_heads, forget_gate=cell.config.forget_gate)
+            np.testing.assert_allclose(np.asarray(got_ys, np.float64), want[0], **tol)
+    one = lambda tree: jax.tree.map(lambda a: np.asarray(a[0, 0]), tree)
+    assert_tree_close(one(got_c), one(carry), rtol=0, atol=0)  # length 0: the carry untouched
     np.testing.assert_array_equal(got_ys[0, 0], 0.0)
-    ys, c = mlstm_parallel(cell, params, jnp.zeros((2, 0, I), dtype))  # T = 0
-    assert ys.shape == (2, 0, H)
-    assert_tree_close(c, jax.tree.map(np.asarray, cell.init_carry(params, (2,))), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"`impl='parallel'` cannot be used here: `xs` is empty"):
+        lj.unroll(cell, params, jnp.zeros((2, 0, I), dtype), impl="parallel")  # T = 0
+
+
+RB, RT = 3, 7
+RESETS = np.zeros((RB, RT), bool)
+RESETS[0, [2, 5]] = True  # three segments
+RESETS[1, [0, 3, 4]] = True  # a reset at step 0 and two in a row
+RESETS[2, [6]] = True  # past this sequence's length (with lengths): no effect
+CASES = {  # unroll's arguments
+    "lengths": dict(lengths=jnp.array([7, 4, 0])),
+    "reverse": dict(reverse=True),
+    "resets": dict(resets=jnp.asarray(RESETS)),
+    "all": dict(lengths=jnp.array([7, 5, 4]), reverse=True, resets=jnp.asarray(RESETS)),
+}
+
+
+@functools.cache
+def case_data(name, seed=3):
+    """(cell, params, xs [3, 7, I], carry, reset_to): random carries (the reset carry too)."""
+    cell, params, _, _ = setup(name)
+    rng = np.random.default_rng(seed)
+    return (cell, params, normal(rng, (RB, RT, I)), random_carry(cell, params, rng, (RB,)),
+            random_carry(cell, params, rng, (RB,)))
+
+
+def test_mlstm_parallel_equals_recurrent_values_and_gradients():
+    """Outputs, final carry and the gradients of a loss of both w.r.t. params, inputs, the
+    initial carry and the reset carry equal the generic scan's (whose gradients are checked
+    against finite differences below), float64, under lengths, reverse, resets and all three
+    (two heads, the exponential forget gate; the sigmoid one's values are compared above)."""
+    cell, params, xs, carry, reset_to = case_data("mlstm_exp")
+    results = form_checks.forms_and_scan(cell, CASES)(params, xs, carry, reset_to)
+    for case, (want, got) in results.items():
+        assert_tree_close(got, jax.tree.map(np.asarray, want), same_dtype=True, **TOL64)
+        grads = want[1]
+        assert max(np.abs(np.asarray(g)).max() for g in jax.tree.leaves(grads[:3])) > 1e-2
+        reset_grad = max(np.abs(np.asarray(g)).max() for g in jax.tree.leaves(grads[3]))
+        assert (reset_grad > 1e-3) if "resets" in CASES[case] else (reset_grad == 0.0), case
+
+
+def reference_segments(cell, params, xs, carry, reset_to, flags, n, reverse):
+    """One sequence ``xs [T, I]`` of length ``n`` with reset flags ``[T]``, as the reference run
+    segment by segment: the first segment read starts from ``carry`` (batch shape (1,)),
+    every other one from ``reset_to`` (reversed: the segments are read from the last to the
+    first). Forwards, a reset at step 0 replaces ``carry`` too; backwards it cuts nothing.
+    Returns ``(ys [T, H], state)`` (zeros past ``n``; the reference's state dict)."""
+    starts = [0] + [t for t in range(1, n) if flags[t]]
+    bounds = list(zip(starts, starts[1:] + [n]))
+    ys, state = np.zeros((xs.shape[0], H)), ref_state(cell, carry)
+    for k, (lo, hi) in enumerate(bounds[::-1] if reverse else bounds):
+        if k > 0 or (flags[0] and not reverse and n > 0):
+            state = ref_state(cell, reset_to)
+        segment = np.asarray(xs[lo:hi], np.float64)[None]
+        out, state, _ = run_reference(cell, params, segment[:, ::-1] if reverse else segment, state=state)
+        ys[lo:hi] = out[0, ::-1] if reverse else out[0]
+    return ys, state
+
+
+@pytest.mark.parametrize("impl", ["scan", "parallel"])
+def test_mlstm_resets_equal_running_segments_separately(impl):
+    cell, params, xs, carry, reset_to = case_data("mlstm_exp")
+    lengths = [7, 5, 4]
+    for reverse in (False, True):
+        ys, final = jax.jit(lambda p, x, c, r: lj.unroll(
+            cell, p, x, c, lengths=jnp.array(lengths), resets=jnp.asarray(RESETS), reset_to=r, reverse=reverse,
+            impl=impl))(params, xs, carry, reset_to)
+        for b, n in enumerate(lengths):
+            one = lambda tree: jax.tree.map(lambda a: a[b:b + 1], tree)
+            want_ys, want_state = reference_segments(cell, params, xs[b], one(carry), one(reset_to), RESETS[b], n,
+                                                     reverse)
+            np.testing.assert_allclose(ys[b], want_ys, **TOL64)  # zeros past the length too
+            assert_tree_close(ref_state(cell, one(final)), want_state, **TOL64)
 
 
 # ------------------------------------------------------------------------------- gradients
@@ -358,22 +439,6 @@ def test_gradients_match_finite_differences(name):
     run = lambda p, x, c: lj.unroll(cell, p, x, jax.tree.map(lambda a, z: jnp.concatenate([a, z]), c, zero))
     check_grads(jax.jit(run), (params, xs, jax.tree.map(lambda a: a[:1], carry)),
                 order=1, modes=("rev",), atol=1e-6, rtol=1e-6, eps=1e-6)
-
-
-def test_mlstm_parallel_gradients_equal_recurrent():
-    """The parallel form's gradients equal the recurrent form's (whose gradients are checked
-    against finite differences above), w.r.t. params, inputs and carry, with lengths."""
-    cell, params, _, carry = setup("mlstm_exp", seed=3)
-    xs = normal(np.random.default_rng(3), (2, 4, I))
-    lengths = jnp.array([4, 2], jnp.int32)
-    par = lambda p, x, c: mlstm_parallel(cell, p, x, c, lengths=lengths)
-    rec = lambda p, x, c: lj.unroll(cell, p, x, c, lengths=lengths)
-    loss = lambda run: lambda p, x, c: sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(run(p, x, c)))
-    grads = jax.jit(lambda p, x, c: (jax.grad(loss(par), argnums=(0, 1, 2))(p, x, c),
-                                     jax.grad(loss(rec), argnums=(0, 1, 2))(p, x, c)))
-    g_par, g_rec = grads(params, xs, carry)
-    assert_tree_close(g_par, jax.tree.map(np.asarray, g_rec), **TOL64)
-    assert max(np.abs(np.asarray(g)).max() for g in jax.tree.leaves(g_rec)) > 1e-2
 
 
 # --------------------------------------------------------------------------------- lengths
@@ -407,7 +472,7 @@ def test_dtype_preserved(dtype):
     (s_cell, s_params, xs, _), (m_cell, m_params, _, _) = setup("slstm_heads", dtype), setup("mlstm_heads", dtype)
     runs = {"slstm": (s_cell, s_params, lambda p, x: lj.unroll(s_cell, p, x)),
             "mlstm": (m_cell, m_params, lambda p, x: lj.unroll(m_cell, p, x)),
-            "parallel": (m_cell, m_params, lambda p, x: mlstm_parallel(m_cell, p, x))}
+            "parallel": (m_cell, m_params, lambda p, x: lj.unroll(m_cell, p, x, impl="parallel"))}
 
     def loss(p, x, run):
         ys, carry = run(p, x)
@@ -426,9 +491,9 @@ def test_dtype_preserved(dtype):
                                        rtol=0.05, atol=0.05)
 
 
-# ------------------------------------------------------------------------- init and options
+# ------------------------------------------------------------------------- init and configs
 
-def test_init_shapes_options_and_forget_bias():
+def test_init_shapes_configs_and_forget_bias():
     s = slstm(H, num_heads=4)
     p = s.init(jax.random.key(0), I, dtype=F64)
     assert isinstance(p, SLSTMParams) and {k: v.shape for k, v in p._asdict().items()} == dict(
@@ -440,8 +505,9 @@ def test_init_shapes_options_and_forget_bias():
         blocks = np.split(np.asarray(p.w_h[k]), 4, axis=-1)
         for w in blocks:
             np.testing.assert_allclose(w.T @ w, np.eye(2), atol=1e-12)
-    assert s.options == dict(hidden_size=H, num_heads=4, forget_gate="sigmoid", forget_bias=1.0)
-    assert s.hidden_size == s.output_size == H and s.name == "slstm"
+    assert s.config == SLSTMConfig(H, num_heads=4) and s.config.initial_forget_bias == 1.0
+    assert (s.config.num_heads, s.config.head_size, s.config.forget_gate) == (4, 2, "sigmoid")
+    assert s.hidden_size == s.output_size == H and repr(s) == "slstm(8, num_heads=4)" and not s.forms
 
     m = mlstm(H, num_heads=2, forget_gate="exp")
     p = m.init(jax.random.key(0), I, dtype=F64)
@@ -450,11 +516,31 @@ def test_init_shapes_options_and_forget_bias():
     assert isinstance(carry, MLSTMState)
     assert [a.shape for a in carry] == [(3, 2 * 4 * 4), (3, 2 * 4), (3, 2)]
     np.testing.assert_array_equal(p.b, 0.0)  # exp forget gate: default bias 0, i.e. f = 1
-    assert m.options["forget_bias"] == 0.0
+    assert m.config.forget_bias is None and m.config.initial_forget_bias == 0.0
+    assert repr(m) == "mlstm(8, num_heads=2, forget_gate='exp')" and isinstance(m.config, MLSTMConfig)
+    form = m.forms["parallel"]
+    assert set(m.forms) == {"parallel"} and form.lengths and form.resets and not form.auto
     p = mlstm(H, num_heads=2, forget_bias=2.5).init(jax.random.key(0), I, dtype=F64)
     np.testing.assert_array_equal(p.b, np.r_[np.zeros(4 * H + 2), [2.5, 2.5]])
     p = slstm(H, forget_gate="exp", forget_bias=-1.0).init(jax.random.key(0), I, dtype=F64)
     np.testing.assert_array_equal(p.b[H:2 * H], -1.0)
+    assert slstm(H, forget_bias=2).config.forget_bias == 2.0  # normalised to a float
+
+
+def test_cells_compare_by_config_and_are_jit_static_arguments():
+    assert slstm(H, num_heads=2) == slstm(H, num_heads=2) and hash(mlstm(H)) == hash(mlstm(H))
+    assert slstm(H) != slstm(H, num_heads=2) and mlstm(H) != slstm(H)
+    assert mlstm(H, forget_gate="exp") == MLSTMConfig(H, forget_gate="exp").build()
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def apply(cell, params, xs):
+        traces.append(cell)
+        return lj.unroll(cell, params, xs, impl="parallel")[0]
+
+    _, params, xs, _ = setup("mlstm_heads")
+    np.testing.assert_array_equal(apply(mlstm(H, num_heads=2), params, xs), apply(mlstm(H, num_heads=2), params, xs))
+    assert len(traces) == 1  # an equal cell built anew is the same static argument: no retrace
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -463,6 +549,7 @@ KEY = jax.random.key(0)
 S2, M2 = slstm(H, num_heads=2), mlstm(H, num_heads=2)
 S2P, M2P = S2.init(KEY, I, dtype=F64), M2.init(KEY, I, dtype=F64)
 XS = jnp.ones((B, T, I), F64)
+P = "parallel"
 
 ERRORS = [
     ("slstm_divisible", lambda: slstm(6, num_heads=4), ValueError,
@@ -476,35 +563,40 @@ ERRORS = [
     ("forget_bias", lambda: mlstm(H, forget_bias="1"), TypeError, "`forget_bias` must be a number or None, got '1'."),
     ("input_size", lambda: S2.init(KEY, 0), ValueError, "`input_size` must be a positive int, got 0."),
     ("init_dtype", lambda: M2.init(KEY, I, dtype=jnp.int32), TypeError, "`dtype` must be a floating dtype"),
-    ("slstm_params_type", lambda: S2.init_carry(M2P), TypeError,
-     "`params` must be SLSTMParams (from this cell's init), got MLSTMParams."),
-    ("slstm_params_heads", lambda: S2.init_carry(slstm(H, num_heads=4).init(KEY, I, dtype=F64)), ValueError,
-     "`params.w_h` must have shape (2, 4, 16)", "got (4, 2, 8)", "another `num_heads`"),
-    ("mlstm_params_heads", lambda: M2.project(mlstm(H, num_heads=4).init(KEY, I, dtype=F64), XS), ValueError,
-     "`params.w_x` must have last axis 36 for this cell, got shape (3, 40)"),
-    ("xs_features", lambda: S2.project(S2P, jnp.ones((B, T, 4), F64)), ValueError,
+    ("kernel_init", lambda: mlstm(H, kernel_init=3), TypeError, "`kernel_init` must be an initialiser"),
+    ("slstm_params_type", lambda: lj.unroll(S2, M2P, XS), TypeError,
+     "`params` must be SLSTMParams for slstm(8, num_heads=2), got MLSTMParams."),
+    ("slstm_params_heads", lambda: lj.unroll(S2, slstm(H, num_heads=4).init(KEY, I, dtype=F64), XS), ValueError,
+     "`params.w_h` has shape (4, 2, 8), but slstm(8, num_heads=2) needs (2, 4, 16)", "another size or variant"),
+    ("mlstm_params_heads", lambda: lj.unroll(M2, mlstm(H, num_heads=4).init(KEY, I, dtype=F64), XS), ValueError,
+     "`params.w_x` has shape (3, 40), but mlstm(8, num_heads=2) needs (3, 36)"),
+    ("xs_features", lambda: lj.unroll(S2, S2P, jnp.ones((B, T, 4), F64)), ValueError,
      "`xs` must have shape", "with last axis 3 (the cell's input size)"),
-    ("xs_dtype", lambda: M2.project(M2P, XS.astype(F32)), TypeError,
+    ("xs_dtype", lambda: lj.unroll(M2, M2P, XS.astype(F32)), TypeError,
      "`xs` has dtype float32 but the parameters are float64"),
-    ("parallel_cell", lambda: mlstm_parallel(S2, S2P, XS), TypeError,
-     "`cell` must be an mLSTM cell (from `mlstm(...)`), got a 'slstm' cell."),
-    ("parallel_not_cell", lambda: mlstm_parallel("mlstm", M2P, XS), TypeError,
-     "`cell` must be an mLSTM cell (from `mlstm(...)`), got str."),
-    ("parallel_xs_rank", lambda: mlstm_parallel(M2, M2P, jnp.ones((I,), F64)), ValueError,
+    ("parallel_cell", lambda: lj.unroll(S2, S2P, XS, impl=P), ValueError,
+     "`impl='parallel'`: slstm(8, num_heads=2) has no form 'parallel'; its forms: none"),
+    ("parallel_layer", lambda: lj.layer(S2, impl=P), ValueError,
+     "`impl` must be 'auto', 'scan' or one of slstm(8, num_heads=2)'s forms (none), got 'parallel'."),
+    ("parallel_not_cell", lambda: lj.unroll("mlstm", M2P, XS, impl=P), TypeError,
+     "`cell` must be a lstm_jax Cell", "got str."),
+    ("parallel_gates", lambda: lj.unroll(M2, M2P, XS, impl=P, return_gates=True), ValueError,
+     "`impl='parallel'` cannot be used here: `return_gates` needs the generic scan."),
+    ("parallel_xs_rank", lambda: lj.unroll(M2, M2P, jnp.ones((I,), F64), impl=P), ValueError,
      "`xs` must have shape [..., T, I] (at least 2 axes), got shape (3,)."),
-    ("parallel_params", lambda: mlstm_parallel(M2, S2P, XS), TypeError, "`params` must be MLSTMParams"),
-    ("parallel_carry_type", lambda: mlstm_parallel(M2, M2P, XS, S2.init_carry(S2P, (B,))), TypeError,
-     "`carry` must be an MLSTMState (from `cell.init_carry`), got SLSTMState."),
-    ("parallel_carry_shape", lambda: mlstm_parallel(M2, M2P, XS, M2.init_carry(M2P, (3,))), ValueError,
-     "`carry` must have shapes [(2, 32), (2, 8), (2, 2)] for this cell and `xs`, got [(3, 32), (3, 8), (3, 2)]."),
+    ("parallel_params", lambda: lj.unroll(M2, S2P, XS, impl=P), TypeError, "`params` must be MLSTMParams"),
+    ("parallel_carry_type", lambda: lj.unroll(M2, M2P, XS, S2.init_carry(S2P, (B,)), impl=P), TypeError,
+     "`carry` must be MLSTMState", "got SLSTMState."),
+    ("parallel_carry_shape", lambda: lj.unroll(M2, M2P, XS, M2.init_carry(M2P, (3,)), impl=P), ValueError,
+     "`carry.matrix` must have shape (2, 32) for batch shape (2,)", "got (3, 32)."),
     ("parallel_carry_dtype",
-     lambda: mlstm_parallel(M2, M2P, XS, jax.tree.map(lambda a: a.astype(F32), M2.init_carry(M2P, (B,)))),
-     TypeError, "`carry` must have dtype float64 (the parameters'), got float32."),
-    ("parallel_lengths_dtype", lambda: mlstm_parallel(M2, M2P, XS, lengths=jnp.ones((B,), F64)), TypeError,
+     lambda: lj.unroll(M2, M2P, XS, jax.tree.map(lambda a: a.astype(F32), M2.init_carry(M2P, (B,))), impl=P),
+     TypeError, "`carry.matrix` must have dtype float64", "got float32."),
+    ("parallel_lengths_dtype", lambda: lj.unroll(M2, M2P, XS, lengths=jnp.ones((B,), F64), impl=P), TypeError,
      "`lengths` must be an integer array, got dtype float64."),
-    ("parallel_lengths_shape", lambda: mlstm_parallel(M2, M2P, XS, lengths=jnp.ones((3,), jnp.int32)), ValueError,
-     "`lengths` must have shape (2,) (the batch shape of `xs`), got (3,)."),
-    ("parallel_lengths_range", lambda: mlstm_parallel(M2, M2P, XS, lengths=[2, 6]), ValueError,
+    ("parallel_lengths_shape", lambda: lj.unroll(M2, M2P, XS, lengths=jnp.ones((3,), jnp.int32), impl=P),
+     ValueError, "`lengths` must have shape (2,) (the batch shape of `xs`), got (3,)."),
+    ("parallel_lengths_range", lambda: lj.unroll(M2, M2P, XS, lengths=[2, 6], impl=P), ValueError,
      "`lengths` must lie in [0, 5] (T, the number of steps in `xs`), got values in [2, 6]."),
 ]
 

@@ -1,19 +1,21 @@
-"""xLSTM cells (Beck et al. 2024): the sLSTM, the mLSTM and the mLSTM's parallel form.
+"""xLSTM cells (Beck et al. 2024): the sLSTM and the mLSTM, with the mLSTM's parallel form.
 
 Both cells replace the sigmoid input gate of the LSTM by an exponential one, ``i_t =
 exp(\\tilde i_t)``, and keep the sums it feeds finite with a *stabiliser state* ``m_t``, a
 running maximum of the log gate values: every stored quantity (cell, normaliser, matrix
 memory) is kept multiplied by ``exp(-m_t)``. The outputs are ratios of two such quantities,
 so the factor cancels and the stabilised cell computes *exactly* the unstabilised equations
-while no gate's ``exp`` ever sees a positive argument.
+while no gate's ``exp`` ever sees a positive argument. (This exponential gating is why the
+cells do not use :func:`lstm_jax.ops.lstm_update`, whose gates are sigmoids.)
 
 * :func:`slstm`: scalar memory with a normaliser and memory mixing through a block-diagonal
   (multi-head) recurrent matrix.
 * :func:`mlstm`: a ``[Dk, Dv]`` matrix memory per head written with the covariance rule
   ``C_t = f_t C_{t-1} + i_t v_t k_t^T``; no hidden-to-hidden recurrence, so ``project``
-  computes every query, key, value and gate for all steps at once.
-* :func:`mlstm_parallel`: the mLSTM over a whole sequence in its quadratic, attention-like
-  form; the same outputs and final carry as ``unroll`` of :func:`mlstm`.
+  computes every query, key, value and gate for all steps at once, and its form
+  ``"parallel"`` (``lstm_jax.unroll(cell, params, xs, impl="parallel")``) computes every
+  output at once in the quadratic, attention-like form: the same outputs and final carry
+  as the scan.
 
 Reference: M. Beck, K. Pöppel, M. Spanring, A. Auer, O. Prudnikova, M. Kopp, G. Klambauer,
 J. Brandstetter, S. Hochreiter, "xLSTM: Extended Long Short-Term Memory", NeurIPS 2024,
@@ -24,8 +26,9 @@ from the zero state), we follow the official code (github.com/NX-AI/xlstm) and s
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +36,8 @@ import numpy as np
 
 from lstm_jax import _checks
 from lstm_jax import initializers as inits
-from lstm_jax.cell import Cell, make_cell
+from lstm_jax.cell import Cell, CellConfig, SequenceForm
+from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
 
 Array = jax.Array
 
@@ -85,21 +89,81 @@ class MLSTMState(NamedTuple):
     stabilizer: Array  # [..., NH]  m_t
 
 
-def _heads(hidden_size: int, num_heads: int) -> tuple[int, int, int]:
-    H = _checks.positive_int("hidden_size", hidden_size)
-    NH = _checks.positive_int("num_heads", num_heads)
+# ------------------------------------------------------------------------------------ configs
+
+def _check_heads(config) -> dict:
+    """The checked ``hidden_size``, ``num_heads``, ``forget_gate`` and ``forget_bias``."""
+    H = _checks.positive_int("hidden_size", config.hidden_size)
+    NH = _checks.positive_int("num_heads", config.num_heads)
     if H % NH:
         raise ValueError(f"`hidden_size` ({H}) must be divisible by `num_heads` ({NH}).")
-    return H, NH, H // NH
+    forget_bias = config.forget_bias
+    if forget_bias is not None:
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.floating, np.integer)):
+            raise TypeError(f"`forget_bias` must be a number or None, got {forget_bias!r}.")
+        forget_bias = float(forget_bias)
+    return dict(hidden_size=H, num_heads=NH, forget_gate=_checks.choice("forget_gate", config.forget_gate,
+                                                                        FORGET_GATES), forget_bias=forget_bias)
 
 
-def _forget_options(forget_gate: str, forget_bias: float | None) -> tuple[str, float]:
-    _checks.choice("forget_gate", forget_gate, FORGET_GATES)
-    if forget_bias is None:
-        forget_bias = DEFAULT_FORGET_BIAS[forget_gate]
-    elif isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.floating, np.integer)):
-        raise TypeError(f"`forget_bias` must be a number or None, got {forget_bias!r}.")
-    return forget_gate, float(forget_bias)
+class _XLSTMConfig(CellConfig):
+    """What the sLSTM and mLSTM configs share: heads and the forget gate."""
+
+    num_heads: int
+    forget_gate: str
+    forget_bias: float | None
+
+    @property
+    def head_size(self) -> int:
+        """``Dh = H / NH``."""
+        return self.hidden_size // self.num_heads
+
+    @property
+    def initial_forget_bias(self) -> float:
+        """``forget_bias``, or the forget gate's default (1.0 sigmoid, 0.0 exponential)."""
+        return DEFAULT_FORGET_BIAS[self.forget_gate] if self.forget_bias is None else self.forget_bias
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class SLSTMConfig(_XLSTMConfig):
+    """Hyper-parameters of :func:`slstm` (see there)."""
+
+    constructor = "slstm"
+    hidden_size: int
+    num_heads: int = 1
+    forget_gate: str = "sigmoid"
+    forget_bias: float | None = None
+    kernel_init: inits.Initializer | None = None
+    recurrent_init: inits.Initializer | None = None
+    bias_init: inits.Initializer | None = None
+
+    def __post_init__(self):
+        set_fields(self, **_check_heads(self), kernel_init=initializer("kernel_init", self.kernel_init),
+                   recurrent_init=initializer("recurrent_init", self.recurrent_init),
+                   bias_init=initializer("bias_init", self.bias_init))
+
+    def build(self) -> Cell:
+        return _slstm_cell(self)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class MLSTMConfig(_XLSTMConfig):
+    """Hyper-parameters of :func:`mlstm` (see there)."""
+
+    constructor = "mlstm"
+    hidden_size: int
+    num_heads: int = 1
+    forget_gate: str = "sigmoid"
+    forget_bias: float | None = None
+    kernel_init: inits.Initializer | None = None
+    bias_init: inits.Initializer | None = None
+
+    def __post_init__(self):
+        set_fields(self, **_check_heads(self), kernel_init=initializer("kernel_init", self.kernel_init),
+                   bias_init=initializer("bias_init", self.bias_init))
+
+    def build(self) -> Cell:
+        return _mlstm_cell(self)
 
 
 def _log_forget(kind: str, pre: Array) -> Array:
@@ -171,50 +235,44 @@ def slstm(
       bias_init: initialiser of each ``[H]`` bias block (default zeros).
 
     Returns:
-      A :class:`~lstm_jax.Cell` with :class:`SLSTMParams` and :class:`SLSTMState`;
-      ``project(params, xs[..., I]) -> [..., 4*H]`` (blocks ``i, f, z, o``); ``y_t = h_t
-      [..., H]``. ``recur_with_gates`` reports ``input`` = ``i'_t``, ``forget`` = ``f'_t``
+      A :class:`~lstm_jax.Cell` with :class:`SLSTMConfig`, :class:`SLSTMParams` and
+      :class:`SLSTMState`; ``project(params, xs[..., I]) -> [..., 4*H]`` (blocks ``i, f, z,
+      o``); ``y_t = h_t [..., H]``. Its gates are ``input`` = ``i'_t``, ``forget`` = ``f'_t``
       (the stabilised gates), ``candidate`` = ``z_t``, ``output`` = ``o_t``, and ``cell``,
       ``normalizer``, ``stabilizer``, ``hidden``.
 
     Raises:
       ValueError: ``hidden_size``/``num_heads`` not positive ints, or ``hidden_size`` not
         divisible by ``num_heads``; an unknown ``forget_gate``.
+      TypeError: a ``forget_bias`` that is not a number or None.
     """
-    H, NH, Dh = _heads(hidden_size, num_heads)
-    forget_gate, forget_bias = _forget_options(forget_gate, forget_bias)
-    kernel_init = kernel_init or inits.glorot_uniform()
-    recurrent_init = recurrent_init or inits.orthogonal()
-    bias_init = bias_init or inits.zeros
+    return SLSTMConfig(hidden_size, num_heads=num_heads, forget_gate=forget_gate, forget_bias=forget_bias,
+                       kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init).build()
 
-    def init(key, input_size, *, dtype=jnp.float32):
-        input_size = _checks.positive_int("input_size", input_size)
-        dtype = _checks.floating_dtype("dtype", dtype)
+
+def _slstm_cell(config: SLSTMConfig) -> Cell:
+    H, NH, Dh = config.hidden_size, config.num_heads, config.head_size
+    forget_gate = config.forget_gate
+    kernel_init = or_default(config.kernel_init, inits.glorot_uniform)
+    recurrent_init = or_default(config.recurrent_init, inits.orthogonal)
+    bias_init = or_default(config.bias_init, lambda: inits.zeros)
+
+    def init(key, input_size, dtype):
         kx, kh, kb = jax.random.split(key, 3)
         b = inits.init_blocks(bias_init, kb, None, H, 4, dtype)
-        b = b.at[H:2 * H].add(jnp.asarray(forget_bias, dtype))
+        b = b.at[H:2 * H].add(jnp.asarray(config.initial_forget_bias, dtype))
         w_h = jnp.stack([inits.init_blocks(recurrent_init, k, Dh, Dh, 4, dtype)
                          for k in jax.random.split(kh, NH)])
         return SLSTMParams(w_x=inits.init_blocks(kernel_init, kx, input_size, H, 4, dtype), w_h=w_h, b=b)
 
-    def check_params(params):
-        _checks.params_of(params, SLSTMParams, "w_x", 4 * H)
-        if tuple(jnp.shape(params.w_h)) != (NH, Dh, 4 * Dh):
-            raise ValueError(f"`params.w_h` must have shape {(NH, Dh, 4 * Dh)} (num_heads, H/num_heads, "
-                             f"4*H/num_heads) for this cell, got {tuple(jnp.shape(params.w_h))}; were the "
-                             "params made by a cell with another `num_heads`?")
-
-    def init_carry(params, batch_shape=()):
-        check_params(params)
-        zeros = jnp.zeros(_checks.batch_shape(batch_shape) + (H,), params.w_x.dtype)
+    def init_carry(params, batch_shape):
+        zeros = jnp.zeros(batch_shape + (H,), params.w_x.dtype)
         return SLSTMState(hidden=zeros, cell=zeros, normalizer=zeros, stabilizer=zeros)
 
     def project(params, xs):
-        check_params(params)
-        _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         return xs @ params.w_x + params.b
 
-    def recur_impl(params, carry, px, with_gates):
+    def recur(params, carry, px, *, aux=False):
         batch = carry.hidden.shape[:-1]
         rec = jnp.einsum("...kd,kde->...ke", carry.hidden.reshape(batch + (NH, Dh)), params.w_h)
         # [..., NH, (i, f, z, o), Dh] -> [..., (i, f, z, o), NH, Dh]: the layout of px
@@ -230,14 +288,12 @@ def slstm(
         n = f * carry.normalizer + i
         h = o * (c / n)
         new = SLSTMState(hidden=h, cell=c, normalizer=n, stabilizer=m)
-        if not with_gates:
+        if not aux:
             return new, h
         return new, h, {"input": i, "forget": f, "candidate": z, "output": o, "cell": c,
                         "normalizer": n, "stabilizer": m, "hidden": h}
 
-    options = dict(hidden_size=H, num_heads=NH, forget_gate=forget_gate, forget_bias=forget_bias)
-    return make_cell(name="slstm", options=options, hidden_size=H, output_size=H, init=init,
-                     init_carry=init_carry, project=project, recur_impl=recur_impl)
+    return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur)
 
 
 # ------------------------------------------------------------------------------------ mLSTM
@@ -289,7 +345,7 @@ def mlstm(
     memory is exactly zero (``C_{t-1} = 0`` and ``n_{t-1} = 0``: it stores nothing, so any
     ``m_{t-1}`` describes it) gets ``m_t = \log i_t`` and ``f'_t = 0``, as if ``m_0 =
     -\infty``. This is the stabiliser of the paper's parallel form (``m_t = \max_s \tilde
-    D_{ts}``), which :func:`mlstm_parallel` therefore matches exactly, and it keeps the first
+    D_{ts}``), which the parallel form therefore matches exactly, and it keeps the first
     write from underflowing: with ``m_0 = 0`` and the plain ``\max``, an exponential forget
     gate with ``\log f_1 \gg \log i_1`` (say ``\tilde f_1 = 100``) would give ``i'_1 =
     \exp(\log i_1 - \log f_1) = 0`` in float32 and lose it. (The sLSTM uses the same rule.)
@@ -303,6 +359,34 @@ def mlstm(
     lost and the denominator is clamped at the dtype's smallest normal number, so outputs
     stay finite (0 for a query orthogonal to ``n_t``); gradients through that clamp are not.
     Everywhere else the stabilised and unstabilised equations agree to float rounding.
+
+    **Parallel form** (the paper's appendix, extended to a nonzero initial state and to
+    resets). Per head, let step ``t`` belong to the segment that starts at step ``r_t`` (0,
+    or the last reset at or before ``t``) from the state ``(C^0, n^0, m^0)`` (the initial
+    carry, or the reset carry). With the log-gate matrix and the start column
+
+    .. math::
+
+        \tilde D_{ts} &= \textstyle\sum_{s < u \le t} \log f_u + \log i_s
+            \quad (r_t \le s \le t), \qquad -\infty \quad \text{(otherwise)} \\
+        G_t &= \textstyle\sum_{r_t \le u \le t} \log f_u + m^0
+            \quad (-\infty \text{ if } C^0 = 0 \text{ and } n^0 = 0) \\
+        m_t &= \max\big(G_t, \ \max_s \tilde D_{ts}\big), \qquad
+        D'_{ts} = \exp(\tilde D_{ts} - m_t), \quad g_t = \exp(G_t - m_t), \quad
+        \tilde C_{ts} = (q_t^\top k_s) \, D'_{ts} \\
+        h_t &= o_t \odot \frac{\sum_s \tilde C_{ts} v_s + g_t \, C^{0\top} q_t}
+                               {\max(|\sum_s \tilde C_{ts} + g_t \, n^{0\top} q_t|, \ \exp(-m_t))}
+
+    every step is computed at once; ``m_t`` is exactly the recurrent stabiliser, so the
+    final carry (``C = g_T C^0 + \sum_s D'_{Ts} v_s k_s^\top``, likewise ``n``, and ``m_T``)
+    equals the scan's too. From the zero state without resets this is the paper's form. The
+    segment sums are sums over masked ``[T, T]`` matrices, not differences ``F_t - F_s`` of
+    cumulative sums, so long sequences lose no precision to cancellation. Steps past a
+    sequence's length get ``\log f = 0`` and ``\log i = -\infty``: the carry passes through
+    (an empty state that has seen no valid step keeps its ``m^0``).
+    It costs ``O(T^2 (NH + H))`` time and ``O(T^2 NH)`` memory per sequence against the
+    scan's ``T`` sequential steps of ``O(H Dh)``: for training on short to moderate ``T``;
+    the scan for long sequences and step-by-step generation.
 
     Layout: ``C_t`` is stored transposed, ``[Dk, Dv]`` per head (``\sum i' k v^\top``, the
     official code's layout), so the read-out is ``q_t^\top C_t``; see :class:`MLSTMState`.
@@ -319,54 +403,56 @@ def mlstm(
       bias_init: initialiser of each bias block (default zeros).
 
     Returns:
-      A :class:`~lstm_jax.Cell` with :class:`MLSTMParams` and :class:`MLSTMState`;
-      ``project(params, xs[..., I]) -> [..., 4*H + 2*NH]`` (``q, k, v, \tilde o`` then
-      ``\log i, \tilde f``; ``k`` already scaled); ``y_t = h_t [..., H]``.
-      ``recur_with_gates`` reports ``input`` = ``i'_t`` and ``forget`` = ``f'_t`` (each
-      head's scalar repeated over its ``Dh`` units), ``output`` = ``o_t`` and ``hidden``.
-      :func:`mlstm_parallel` runs the same cell over a whole sequence without a scan.
+      A :class:`~lstm_jax.Cell` with :class:`MLSTMConfig`, :class:`MLSTMParams` and
+      :class:`MLSTMState`; ``project(params, xs[..., I]) -> [..., 4*H + 2*NH]`` (``q, k, v,
+      \tilde o`` then ``\log i, \tilde f``; ``k`` already scaled); ``y_t = h_t [..., H]``.
+      Its gates are ``input`` = ``i'_t`` and ``forget`` = ``f'_t`` (each head's scalar
+      repeated over its ``Dh`` units), ``output`` = ``o_t`` and ``hidden``. Its form
+      ``"parallel"`` (``unroll(..., impl="parallel")``; opt-in) runs the whole sequence in
+      the quadratic form above, with ``lengths``, ``reverse`` and ``resets``.
 
     Raises:
       ValueError: ``hidden_size``/``num_heads`` not positive ints, or ``hidden_size`` not
         divisible by ``num_heads``; an unknown ``forget_gate``.
+      TypeError: a ``forget_bias`` that is not a number or None.
     """
-    H, NH, Dh = _heads(hidden_size, num_heads)
-    forget_gate, forget_bias = _forget_options(forget_gate, forget_bias)
-    kernel_init = kernel_init or inits.glorot_uniform()
-    bias_init = bias_init or inits.zeros
+    return MLSTMConfig(hidden_size, num_heads=num_heads, forget_gate=forget_gate, forget_bias=forget_bias,
+                       kernel_init=kernel_init, bias_init=bias_init).build()
+
+
+def _mlstm_cell(config: MLSTMConfig) -> Cell:
+    H, NH, Dh = config.hidden_size, config.num_heads, config.head_size
+    forget_gate = config.forget_gate
+    kernel_init = or_default(config.kernel_init, inits.glorot_uniform)
+    bias_init = or_default(config.bias_init, lambda: inits.zeros)
     P = 4 * H + 2 * NH
     k_scale = np.ones((P,))
     k_scale[H:2 * H] = 1.0 / math.sqrt(Dh)
 
-    def init(key, input_size, *, dtype=jnp.float32):
-        input_size = _checks.positive_int("input_size", input_size)
-        dtype = _checks.floating_dtype("dtype", dtype)
+    def init(key, input_size, dtype):
         kx, kg, kb, kc = jax.random.split(key, 4)
         w_x = jnp.concatenate([inits.init_blocks(kernel_init, kx, input_size, H, 4, dtype),
                                inits.init_blocks(kernel_init, kg, input_size, NH, 2, dtype)], axis=-1)
         b = jnp.concatenate([inits.init_blocks(bias_init, kb, None, H, 4, dtype),
                              inits.init_blocks(bias_init, kc, None, NH, 2, dtype)])
-        b = b.at[4 * H + NH:].add(jnp.asarray(forget_bias, dtype))
+        b = b.at[4 * H + NH:].add(jnp.asarray(config.initial_forget_bias, dtype))
         return MLSTMParams(w_x=w_x, b=b)
 
-    def init_carry(params, batch_shape=()):
-        _checks.params_of(params, MLSTMParams, "w_x", P)
-        zeros = lambda n: jnp.zeros(_checks.batch_shape(batch_shape) + (n,), params.w_x.dtype)
+    def init_carry(params, batch_shape):
+        zeros = lambda n: jnp.zeros(batch_shape + (n,), params.w_x.dtype)
         return MLSTMState(matrix=zeros(NH * Dh * Dh), normalizer=zeros(NH * Dh), stabilizer=zeros(NH))
 
     def project(params, xs):
-        _checks.params_of(params, MLSTMParams, "w_x", P)
-        _checks.features("xs", xs, params.w_x.shape[0], params.w_x.dtype)
         return (xs @ params.w_x) * jnp.asarray(k_scale, params.w_x.dtype) + params.b
 
-    def recur_impl(params, carry, px, with_gates):
+    def recur(params, carry, px, *, aux=False):
         del params
         batch = carry.stabilizer.shape[:-1]
         q, k, v, o_pre, i_pre, f_pre = _split_mlstm(px, H, NH)
         C = carry.matrix.reshape(batch + (NH, Dh, Dh))
         n = carry.normalizer.reshape(batch + (NH, Dh))
         log_f_plus_m = _log_forget(forget_gate, f_pre) + carry.stabilizer  # [..., NH]
-        empty = jnp.all(n == 0, axis=-1) & jnp.all(C == 0, axis=(-2, -1))  # [..., NH] nothing stored
+        empty = _empty(C, n)  # [..., NH] nothing stored
         m = jnp.where(empty, i_pre, jnp.maximum(log_f_plus_m, i_pre))
         i = jnp.exp(i_pre - m)
         f = jnp.where(empty, 0.0, jnp.exp(jnp.where(empty, 0.0, log_f_plus_m - m)))
@@ -377,15 +463,28 @@ def mlstm(
         h = jax.nn.sigmoid(o_pre) * (num / den[..., None]).reshape(batch + (H,))
         new = MLSTMState(matrix=C.reshape(batch + (NH * Dh * Dh,)),
                          normalizer=n.reshape(batch + (NH * Dh,)), stabilizer=m)
-        if not with_gates:
+        if not aux:
             return new, h
         per_unit = lambda g: jnp.repeat(g, Dh, axis=-1)
         return new, h, {"input": per_unit(i), "forget": per_unit(f), "output": jax.nn.sigmoid(o_pre),
                         "hidden": h}
 
-    options = dict(hidden_size=H, num_heads=NH, forget_gate=forget_gate, forget_bias=forget_bias)
-    return make_cell(name="mlstm", options=options, hidden_size=H, output_size=H, init=init,
-                     init_carry=init_carry, project=project, recur_impl=recur_impl)
+    def parallel(params, xs, carry, *, valid, resets, unroll):
+        del unroll  # no sequential loop
+        px = jnp.swapaxes(project(params, xs), 0, 1)  # [B, T, P]: batch first inside
+        ys, final = _mlstm_parallel(
+            px, carry, None if valid is None else valid.T, None if resets is None else resets.where.T,
+            None if resets is None else resets.carry, H=H, NH=NH, forget_gate=forget_gate)
+        return jnp.swapaxes(ys, 0, 1), final
+
+    forms = {"parallel": SequenceForm(parallel, lengths=True, resets=True, auto=False,
+                                      note="quadratic (attention-like) parallel form of the paper's appendix")}
+    return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur, forms=forms)
+
+
+def _empty(C: Array, n: Array) -> Array:
+    """``[..., NH]``: heads whose memory ``C [..., NH, Dk, Dv]``, ``n [..., NH, Dk]`` is exactly zero."""
+    return jnp.all(n == 0, axis=-1) & jnp.all(C == 0, axis=(-2, -1))
 
 
 def _denominator(qn: Array, m: Array) -> Array:
@@ -400,131 +499,67 @@ def _denominator(qn: Array, m: Array) -> Array:
     return jnp.maximum(jnp.maximum(jnp.abs(qn), jnp.exp(jnp.minimum(-m, cap))), float(info.tiny))
 
 
-def mlstm_parallel(cell: Cell, params: MLSTMParams, xs: Array, carry: MLSTMState | None = None, *,
-                   lengths: Array | None = None) -> tuple[Array, MLSTMState]:
-    r"""The mLSTM over a whole sequence in its parallel (quadratic, attention-like) form.
-
-    Equal, up to float rounding, to ``lstm_jax.unroll(cell, params, xs, carry,
-    lengths=lengths)``: the same outputs *and* the same final carry, stabiliser included.
-    Per head, with ``F_t = \sum_{r \le t} \log f_r`` and the log-gate matrix
-    (the paper's appendix)
-
-    .. math::
-
-        \tilde D_{ts} &= \textstyle\sum_{s < r \le t} \log f_r + \log i_s \quad (s \le t),
-            \qquad -\infty \quad (s > t) \\
-        m_t &= \max\big(F_t + m_0, \ \max_s \tilde D_{ts}\big), \qquad
-        D'_{ts} = \exp(\tilde D_{ts} - m_t), \quad g_t = \exp(F_t + m_0 - m_t) \\
-        \tilde C_{ts} &= (q_t^\top k_s) \, D'_{ts} \\
-        h_t &= o_t \odot \frac{\sum_s \tilde C_{ts} v_s + g_t \, C_0^\top q_t}
-                               {\max(|\sum_s \tilde C_{ts} + g_t \, n_0^\top q_t|, \ \exp(-m_t))}
-
-    The ``F_t + m_0`` column carries the initial state ``(C_0, n_0, m_0)``, which makes
-    ``m_t`` the recurrent stabiliser exactly; for a head whose initial memory is zero (the
-    default state) the column is ``-\infty`` and this is the paper's form. The segment sums ``\sum_{s<r\le t} \log f_r`` are cumulative sums of a
-    masked matrix, not differences ``F_t - F_s``, so long sequences lose no precision to
-    cancellation. Steps at or past ``lengths`` get ``\log f = 0`` and ``\log i = -\infty``
-    (the carry passes through unchanged, as ``unroll`` does) and output zeros.
-
-    Costs ``O(T^2 (NH + H))`` time and ``O(T^2 NH)`` memory per sequence against the scan's
-    ``O(T H Dh)`` sequential steps: for training on short to moderate ``T``; use
-    :func:`lstm_jax.unroll` for long sequences and step-by-step generation.
+def _mlstm_parallel(px, carry, valid, flags, reset_carry, *, H, NH, forget_gate):
+    r"""The mLSTM's parallel form (the equations are in :func:`mlstm`'s docstring).
 
     Args:
-      cell: an mLSTM cell, from :func:`mlstm`.
-      params: its :class:`MLSTMParams`.
-      xs: ``[..., T, I]`` inputs (batch first).
-      carry: initial :class:`MLSTMState` with batch shape ``[...]``; zeros if None.
-      lengths: optional ``[...]`` integer valid lengths in ``[0, T]``.
+      px: ``[B, T, 4H + 2NH]`` projected inputs, in reading order.
+      carry: :class:`MLSTMState` with leaves ``[B, *]``, the state before step 0.
+      valid: ``[B, T]`` bool or None: invalid steps keep the state and output zeros.
+      flags: ``[B, T]`` bool or None: a flagged step starts a segment from ``reset_carry``
+        (an :class:`MLSTMState` with leaves ``[B, *]``).
 
     Returns:
-      ``(ys [..., T, H], carry)`` as :func:`lstm_jax.unroll` returns them.
-
-    Raises:
-      TypeError: ``cell`` is not an mLSTM cell; ``params``/``xs``/``carry`` dtype or type
-        mismatches; non-integer ``lengths``.
-      ValueError: ``xs`` of rank < 2 or the wrong feature size; ``carry`` or ``lengths`` of
-        the wrong shape; ``lengths`` outside ``[0, T]``.
+      ``(ys [B, T, H], final MLSTMState [B, *])``.
     """
-    if not isinstance(cell, Cell) or cell.name != "mlstm":
-        got = f"a {cell.name!r} cell" if isinstance(cell, Cell) else type(cell).__name__
-        raise TypeError(f"`cell` must be an mLSTM cell (from `mlstm(...)`), got {got}.")
-    H, NH = cell.hidden_size, cell.options["num_heads"]
+    B, T = px.shape[:2]
     Dh = H // NH
-    xs_shape = tuple(jnp.shape(xs))
-    if len(xs_shape) < 2:
-        raise ValueError(f"`xs` must have shape [..., T, I] (at least 2 axes), got shape {xs_shape}.")
-    T, batch = xs_shape[-2], xs_shape[:-2]
-    px = cell.project(params, xs)  # [..., T, 4H + 2NH]; checks params and xs
-    dtype = px.dtype
-    if carry is None:
-        carry = cell.init_carry(params, batch)
-    else:
-        _check_parallel_carry(carry, MLSTMState(*(jnp.zeros(batch + (n,), dtype) for n in
-                                                  (NH * Dh * Dh, NH * Dh, NH))))
-    valid = None
-    if lengths is not None:
-        lengths = _check_parallel_lengths(lengths, batch, T)
-        valid = jnp.arange(T, dtype=jnp.int32) < lengths[..., None]  # [..., T]
-    if T == 0:
-        return jnp.zeros(batch + (0, H), dtype), carry
-
-    q, k, v, o_pre, log_i, f_pre = _split_mlstm(px, H, NH)  # q, k, v [..., T, NH, Dh]
-    log_f = _log_forget(cell.options["forget_gate"], f_pre)  # [..., T, NH]
-    if valid is not None:  # padded steps: f = 1, i = 0, so the carry passes through
+    q, k, v, o_pre, log_i, f_pre = _split_mlstm(px, H, NH)  # q, k, v [B, T, NH, Dh]; gates [B, T, NH]
+    log_f = _log_forget(forget_gate, f_pre)
+    if valid is not None:  # invalid steps: f = 1, i = 0, so the state passes through
         log_f = jnp.where(valid[..., None], log_f, 0.0)
         log_i = jnp.where(valid[..., None], log_i, -jnp.inf)
-    log_f, log_i = jnp.swapaxes(log_f, -1, -2), jnp.swapaxes(log_i, -1, -2)  # [..., NH, T]
+    log_f, log_i = jnp.swapaxes(log_f, -1, -2), jnp.swapaxes(log_i, -1, -2)  # [B, NH, T]
     t_idx, s_idx = np.arange(T)[:, None], np.arange(T)[None, :]
-    seg = jnp.cumsum(jnp.where(t_idx > s_idx, log_f[..., :, None], 0.0), axis=-2)  # [..., NH, T, T]
-    log_d = jnp.where(t_idx >= s_idx, seg + log_i[..., None, :], -jnp.inf)
-    C0 = carry.matrix.reshape(batch + (NH, Dh, Dh))
-    n0 = carry.normalizer.reshape(batch + (NH, Dh))
-    empty = jnp.all(n0 == 0, axis=-1) & jnp.all(C0 == 0, axis=(-2, -1))  # [..., NH]
-    m0 = carry.stabilizer
-    log_g = jnp.where(empty[..., None], -jnp.inf, jnp.cumsum(log_f, axis=-1) + m0[..., None])  # F_t + m_0
-    m = jnp.maximum(jnp.max(log_d, axis=-1), log_g)  # [..., NH, T]
-    m = jnp.where(m == -jnp.inf, m0[..., None], m)  # nothing at all yet (empty state, length 0)
-    d, g = jnp.exp(log_d - m[..., None]), jnp.exp(log_g - m)
-    c_mat = jnp.einsum("...tkd,...skd->...kts", q, k) * d  # [..., NH, T, T]
-    num = (jnp.einsum("...kts,...skd->...tkd", c_mat, v)
-           + jnp.einsum("...kt,...tka,...kab->...tkb", g, q, C0))  # [..., T, NH, Dv]
-    qn = jnp.sum(c_mat, axis=-1) + g * jnp.einsum("...tka,...ka->...kt", q, n0)  # [..., NH, T]
-    den = jnp.swapaxes(_denominator(qn, m), -1, -2)  # [..., T, NH]
-    ys = jax.nn.sigmoid(o_pre) * (num / den[..., None]).reshape(batch + (T, H))
+    same = t_idx >= s_idx  # s reaches t: s <= t, and no reset in (s, t]
+    starts = [(carry, None)]  # the states segments start from, and the steps that see each
+    if flags is not None:
+        segment = jnp.cumsum(flags.astype(jnp.int32), axis=-1)  # [B, T]: resets so far
+        same = (same & (segment[:, :, None] == segment[:, None, :]))[:, None]  # [B, 1, T, T]
+        starts = [(carry, segment == 0), (reset_carry, segment > 0)]
+    # sum_{s < u <= t} log f_u as a cumulative sum down a masked matrix (no F_t - F_s cancellation)
+    seg = jnp.cumsum(jnp.where(t_idx > s_idx, log_f[..., :, None], 0.0), axis=-2)  # [B, NH, T, T]
+    log_d = jnp.where(same, seg + log_i[..., None, :], -jnp.inf)
+    log_f_run = jnp.sum(jnp.where(same, log_f[..., None, :], 0.0), axis=-1)  # [B, NH, T]: sum_{r_t <= u <= t}
+
+    columns = []  # per start state: G_t [B, NH, T] (-inf at steps of other segments), C^0, n^0
+    for state, sees in starts:
+        C0, n0 = state.matrix.reshape(B, NH, Dh, Dh), state.normalizer.reshape(B, NH, Dh)
+        off = _empty(C0, n0)[..., None]  # an empty state carries nothing on
+        if sees is not None:
+            off = off | ~sees[:, None, :]
+        columns.append((jnp.where(off, -jnp.inf, log_f_run + state.stabilizer[..., None]), C0, n0))
+    m = jnp.max(log_d, axis=-1)  # [B, NH, T]
+    for log_g, _, _ in columns:
+        m = jnp.maximum(m, log_g)
+    # nothing at all yet (an empty initial state, no valid step): the stabiliser stays; a reset
+    # segment always has its valid first step
+    m = jnp.where(m == -jnp.inf, carry.stabilizer[..., None], m)
+    d = jnp.exp(log_d - m[..., None])
+    c_mat = jnp.einsum("btkd,bskd->bkts", q, k) * d  # [B, NH, T, T]
+    num = jnp.einsum("bkts,bskd->btkd", c_mat, v)  # [B, T, NH, Dv]
+    qn = jnp.sum(c_mat, axis=-1)  # [B, NH, T]
+    C = jnp.einsum("bks,bskd,bske->bkde", d[..., -1, :], k, v)  # the state after the last step
+    n = jnp.einsum("bks,bskd->bkd", d[..., -1, :], k)
+    for log_g, C0, n0 in columns:  # the start states, decayed
+        g = jnp.exp(log_g - m)  # [B, NH, T]
+        num = num + jnp.swapaxes(g, -1, -2)[..., None] * jnp.einsum("btkd,bkde->btke", q, C0)
+        qn = qn + g * jnp.einsum("btkd,bkd->bkt", q, n0)
+        C = C + g[..., -1, None, None] * C0
+        n = n + g[..., -1, None] * n0
+    den = jnp.swapaxes(_denominator(qn, m), -1, -2)  # [B, T, NH]
+    ys = jax.nn.sigmoid(o_pre) * (num / den[..., None]).reshape(B, T, H)
     if valid is not None:
         ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
-    d_last, g_last = d[..., -1, :], g[..., -1]  # the carry after the last step
-    C = g_last[..., None, None] * C0 + jnp.einsum("...ks,...ska,...skb->...kab", d_last, k, v)
-    n = g_last[..., None] * n0 + jnp.einsum("...ks,...ska->...ka", d_last, k)
-    final = MLSTMState(matrix=C.reshape(batch + (NH * Dh * Dh,)), normalizer=n.reshape(batch + (NH * Dh,)),
-                       stabilizer=m[..., -1])
+    final = MLSTMState(matrix=C.reshape(B, NH * Dh * Dh), normalizer=n.reshape(B, NH * Dh), stabilizer=m[..., -1])
     return ys, final
-
-
-def _check_parallel_carry(carry: Any, expected: MLSTMState) -> None:
-    if not isinstance(carry, MLSTMState):
-        raise TypeError(f"`carry` must be an MLSTMState (from `cell.init_carry`), got {type(carry).__name__}.")
-    shapes = lambda c: [tuple(jnp.shape(a)) for a in c]
-    if shapes(carry) != shapes(expected):
-        raise ValueError(f"`carry` must have shapes {shapes(expected)} for this cell and `xs`, got {shapes(carry)}.")
-    for a in carry:
-        if jnp.result_type(a) != expected.matrix.dtype:
-            raise TypeError(f"`carry` must have dtype {expected.matrix.dtype} (the parameters'), "
-                            f"got {jnp.result_type(a)}.")
-
-
-def _check_parallel_lengths(lengths: Any, batch: tuple[int, ...], T: int) -> Array:
-    lengths = jnp.asarray(lengths)
-    if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise TypeError(f"`lengths` must be an integer array, got dtype {lengths.dtype}.")
-    if tuple(lengths.shape) != tuple(batch):
-        raise ValueError(f"`lengths` must have shape {tuple(batch)} (the batch shape of `xs`), "
-                         f"got {tuple(lengths.shape)}.")
-    if _checks.is_concrete(lengths) and lengths.size:
-        values = np.asarray(lengths)
-        lo, hi = int(values.min()), int(values.max())
-        if lo < 0 or hi > T:
-            raise ValueError(f"`lengths` must lie in [0, {T}] (T, the number of steps in `xs`), "
-                             f"got values in [{lo}, {hi}].")
-    return lengths.astype(jnp.int32)  # an int8 step counter would wrap before T

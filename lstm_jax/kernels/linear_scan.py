@@ -1,19 +1,20 @@
-r"""``parallel_unroll``: all time steps of a linear recurrence at once, with an associative scan.
+r"""All time steps of a linear recurrence at once, with an associative scan.
 
-A cell whose carry obeys ``h_t = a_t \odot h_{t-1} + b_t``, with ``a_t, b_t`` depending on
-the inputs only (minGRU, minLSTM: :mod:`lstm_jax.cells.minimal`), needs no sequential loop:
-the affine maps ``h \mapsto a_t h + b_t`` compose associatively,
+A recurrence ``h_t = a_t \odot h_{t-1} + b_t`` whose coefficients depend on the inputs only
+(minGRU, minLSTM: :mod:`lstm_jax.cells.minimal`, whose ``"parallel"`` form runs this) needs
+no sequential loop: the affine maps ``h \mapsto a_t h + b_t`` compose associatively,
 
 .. math::
 
     (a_2, b_2) \circ (a_1, b_1) = (a_1 a_2,\; a_2 b_1 + b_2),
 
-so ``jax.lax.associative_scan`` evaluates all ``T`` prefixes in ``O(log T)`` depth.
+so ``jax.lax.associative_scan`` evaluates all ``T`` prefixes in ``O(log T)`` depth, for about
+twice the sequential loop's work.
 
 How it is computed, and why (Feng et al. 2024, App. B, do it differently):
 
 * **Coefficients in log space.** Each element carries ``log A`` (a sum of ``log a_t``,
-  which the cell computes directly as a ``-softplus``) and combines by addition; ``A``
+  which the cells compute directly as a ``-softplus``) and combines by addition; ``A``
   enters only as ``exp(log A_2) * B_1``. Long products of gates never under- or overflow
   on the way, and an ``A`` too small for the dtype flushes to the exact limit 0.
 * **Values in linear space.** ``B`` (a partial sum ``\sum_k b_k \prod_{j>k} a_j``) stays
@@ -26,44 +27,29 @@ How it is computed, and why (Feng et al. 2024, App. B, do it differently):
   ``b_k, h_0 > 0`` (hence its ``g`` and ``g(h_0)``), and ``a^*_t`` grows like ``-t``: at
   ``T = 4096`` it is about ``-3000``, where float32 resolves only ``2.4e-4``, so ``h_t``
   carries relative errors near ``1e-4``. The pairwise combination above only ever adds
-  logs of nearby steps, so its error matches the sequential loop's (tests check ``1e-5``
-  at ``T = 4096`` in float32).
+  logs of nearby steps, so its error matches the sequential loop's (the tests check
+  ``1e-5`` at ``T = 4096`` in float32).
+* **Low precision.** For bfloat16 and float16 the coefficients arrive in that dtype (the
+  cells compute them as their sequential step computes its gates) but the scan accumulates
+  in float32; values are cast back at the end.
 
 The initial carry is folded into the first step (``b_0 \leftarrow a_0 h_0 + b_0``), so the
-scan's values are the hidden states themselves. Padded steps (``t >= lengths``) get
-``a_t = 1, b_t = 0``: they keep the carry, and the value at ``T - 1`` is the last valid one.
-For bfloat16 and float16 parameters the coefficients are computed in that dtype (as the
-sequential step computes its gates) but the scan accumulates in float32; outputs and carry
-are cast back.
+scan's values are the states themselves. :func:`linear_recurrence` adds the sequence
+contract of a cell's form: invalid steps (past a sequence's length) get ``a_t = 1, b_t = 0``,
+so they keep the carry; a reset before step ``r`` makes that step start from ``h^{reset}``,
+which is the step ``(0, a_r h^{reset} + b_r)``: ``\log a_r = -\infty`` cuts every earlier
+contribution exactly (``\exp(-\infty) = 0``) and the reset carry enters through ``b_r``,
+so its gradient is ``a_r`` times what reaches step ``r``'s state.
+
+Arrays in, arrays out: time is the leading axis, ``[T, ...]``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.cell import Cell
-from lstm_jax.layers import Layer
-from lstm_jax.unroll import prepare_sequence, reverse_within_lengths
-
 Array = jax.Array
-
-
-def has_parallel_form(cell: Any) -> bool:
-    """Whether ``cell`` exposes ``linear_recurrence(params, px) -> (log_a, b)``."""
-    return isinstance(cell, Cell) and callable(getattr(cell, "linear_recurrence", None))
-
-
-def _require_parallel_form(cell: Any) -> None:
-    if not isinstance(cell, Cell):
-        raise TypeError(f"`cell` must be a lstm_jax Cell (e.g. min_gru(64)), got {type(cell).__name__}.")
-    if not has_parallel_form(cell):
-        raise TypeError(
-            f"`cell` {cell!r} has no parallel form: parallel_unroll needs a recurrence that is "
-            "linear in the carry, h_t = a_t * h_{t-1} + b_t with gates that read only x_t "
-            "(min_gru, min_lstm from lstm_jax.cells.minimal). Use lstm_jax.unroll for this cell.")
 
 
 def _combine(earlier, later):
@@ -88,8 +74,8 @@ def linear_scan(log_a: Array, b: Array, h0: Array) -> Array:
     level of the associative scan: about 1.5x faster to run and to compile, and it stores
     only ``h`` and ``log a``. Then ``\partial b_t = g_t``,
     ``\partial \log a_t = g_t a_t h_{t-1}`` and ``\partial h_0 = a_0 g_0``. Forward-mode
-    autodiff (``jax.jvp``, ``jax.jacfwd``) is therefore not available here; use
-    :func:`lstm_jax.unroll` for it.
+    autodiff (``jax.jvp``, ``jax.jacfwd``) is therefore not available here; the generic scan
+    (``lstm_jax.unroll(..., impl="scan")``) has it.
 
     Args:
       log_a: ``[T, ...]`` log coefficients (``-inf`` allowed: ``a_t = 0``), ``T >= 1``.
@@ -120,102 +106,43 @@ def _linear_scan_bwd(residuals, h_bar):
 linear_scan.defvjp(_linear_scan_fwd, _linear_scan_bwd)
 
 
-def parallel_unroll(
-    cell: Cell,
-    params: Any,
-    xs: Array,
-    carry: Any = None,
+def linear_recurrence(
+    log_a: Array,
+    b: Array,
+    h0: Array,
     *,
-    lengths: Array | None = None,
-    reverse: bool = False,
-    time_major: bool = False,
-):
-    """Runs a linear-recurrence cell over a sequence with ``jax.lax.associative_scan``.
-
-    Same arguments, semantics and results as :func:`lstm_jax.unroll` (up to rounding), for
-    cells with a parallel form: minGRU and minLSTM (:mod:`lstm_jax.cells.minimal`), or any
-    :class:`~lstm_jax.Cell` with a method ``linear_recurrence(params, px) -> (log_a, b)``
-    such that ``recur(params, State(h), px)`` returns ``State(h')`` and ``h'`` with
-    ``h' = exp(log_a) * h + b``, for a carry with one array ``[..., H]``. Depth is
-    ``O(log T)`` instead of ``O(T)``, work ``O(T)`` (about twice the sequential loop's);
-    see the module docstring for the numerics. Reverse-mode gradients use a hand-written
-    VJP (:func:`linear_scan`); forward-mode autodiff is not supported (use ``unroll``).
-    The associative scan is made for accelerators; on a small CPU it mostly loses to the
-    sequential loop, except for short sequences (``experiments/parallel_scan_benchmark.py``
-    measures both in one run).
+    valid: Array | None = None,
+    flags: Array | None = None,
+    h_reset: Array | None = None,
+) -> tuple[Array, Array]:
+    r"""``h_t = a_t \odot h_{t-1} + b_t`` over a batch of sequences, with lengths and resets.
 
     Args:
-      cell: the cell (must have a parallel form).
-      params: its parameters.
-      xs: ``[..., T, I]`` inputs (``[T, ..., I]`` if ``time_major``).
-      carry: initial carry ``[..., H]``; zeros (``cell.init_carry``) if None.
-      lengths: optional ``[...]`` integer valid lengths in ``[0, T]``. Steps at or beyond a
-        sequence's length keep its carry (``a_t = 1, b_t = 0``) and output zeros; the
-        returned carry is each sequence's last valid one.
-      reverse: run from the last step to the first; with ``lengths``, within each length
-        (:func:`lstm_jax.reverse_within_lengths`). Outputs stay in input order.
-      time_major: whether time is the leading axis of ``xs`` and of the outputs.
+      log_a: ``[T, B, H]`` log coefficients ``\log a_t`` (``<= 0`` for the minimal cells).
+      b: ``[T, B, H]`` offsets.
+      h0: ``[B, H]`` the carry before step 0; its dtype is the result's.
+      valid: optional ``[T, B]`` bool: invalid steps keep the carry and output zeros.
+      flags: optional ``[T, B]`` bool: a flagged step starts from ``h_reset`` instead of
+        the carry before it (flags on invalid steps must be off).
+      h_reset: ``[B, H]`` the carry a reset restores (with ``flags``).
 
     Returns:
-      ``(ys, carry)``: ``ys`` ``[..., T, H]`` (``[T, ..., H]`` if ``time_major``) in the
-      parameters' dtype, and the final carry.
-
-    Raises:
-      TypeError: ``cell`` is not a Cell or has no parallel form (e.g. :func:`lstm_jax.lstm`,
-        whose gates read ``h_{t-1}``); dtype mismatches; non-integer ``lengths``.
-      ValueError: the same shape errors as :func:`lstm_jax.unroll`.
+      ``(hs [T, B, H], h_last [B, H])``: the state after every step (zeros at invalid steps)
+      and after the last valid one, in ``h0``'s dtype.
     """
-    _require_parallel_form(cell)
-    T, xs_tm, carry, lengths = prepare_sequence(cell, params, xs, carry, lengths, reverse, time_major)
-    (h0,), carry_tree = jax.tree_util.tree_flatten(carry)
-
-    px = cell.project(params, xs_tm)  # [T, ..., *] all steps in one matmul
-    log_a, b = cell.linear_recurrence(params, px)  # [T, ..., H] each
     dtype = h0.dtype
-    work = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype  # bf16/f16 -> f32 inside
+    work = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype  # bf16/f16: accumulate in f32
     log_a, b, h0 = log_a.astype(work), b.astype(work), h0.astype(work)
-    if lengths is not None:
-        t = jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim)
-        valid = (t < lengths)[..., None]  # [T, ..., 1]
-        log_a = jnp.where(valid, log_a, jnp.zeros_like(log_a))  # a = 1: keep the carry
-        b = jnp.where(valid, b, jnp.zeros_like(b))
-    # With lengths, reversal was done on the inputs; the scan itself runs forwards.
-    flip = reverse and lengths is None
-    if flip:
-        log_a, b = jnp.flip(log_a, 0), jnp.flip(b, 0)
-    hs = linear_scan(log_a, b, h0) if T else b  # [T, ..., H]
-    final = hs[-1] if T else h0
-    if flip:
-        hs = jnp.flip(hs, 0)
-    ys = hs if lengths is None else jnp.where(valid, hs, jnp.zeros_like(hs))
-    if reverse and lengths is not None:
-        ys = reverse_within_lengths(ys, lengths)
-    ys = ys.astype(dtype)
-    carry = jax.tree_util.tree_unflatten(carry_tree, [final.astype(dtype)])
-    return (ys if time_major else jnp.moveaxis(ys, 0, -2)), carry
-
-
-def parallel_layer(cell: Cell, *, reverse: bool = False, time_major: bool = False) -> Layer:
-    """A sequence layer like :func:`lstm_jax.layer` that runs :func:`parallel_unroll`.
-
-    Combines with :func:`lstm_jax.stack`, :func:`lstm_jax.bidirectional` and
-    :func:`lstm_jax.models.readout` like any layer.
-
-    Args:
-      cell: a cell with a parallel form (e.g. ``min_gru(64)``).
-      reverse: read each sequence backwards (within its length when ``lengths`` is given).
-      time_major: ``xs`` is ``[T, ..., I]`` instead of ``[..., T, I]``.
-
-    Returns:
-      A :class:`~lstm_jax.Layer` with the cell's params and carry.
-    """
-    _require_parallel_form(cell)
-
-    def apply(params, xs, carry=None, *, lengths=None, key=None):
-        del key  # a single cell has no dropout
-        return parallel_unroll(cell, params, xs, carry, lengths=lengths, reverse=reverse,
-                               time_major=time_major)
-
-    return Layer(init=cell.init, apply=apply, init_carry=cell.init_carry,
-                 output_size=cell.output_size, reverse=reverse, time_major=time_major,
-                 spec={"kind": "parallel_layer", "cell": cell})
+    if valid is not None:  # a = 1, b = 0: the carry passes through
+        keep = valid[..., None]
+        log_a = jnp.where(keep, log_a, jnp.zeros_like(log_a))
+        b = jnp.where(keep, b, jnp.zeros_like(b))
+    if flags is not None:  # the step (0, a h_reset + b): nothing before it reaches it
+        flag = flags[..., None]
+        b = jnp.where(flag, jnp.exp(log_a) * h_reset.astype(work)[None] + b, b)
+        log_a = jnp.where(flag, jnp.full_like(log_a, -jnp.inf), log_a)
+    hs = linear_scan(log_a, b, h0)
+    h_last = hs[-1]
+    if valid is not None:
+        hs = jnp.where(valid[..., None], hs, jnp.zeros_like(hs))
+    return hs.astype(dtype), h_last.astype(dtype)
