@@ -1,102 +1,124 @@
-"""lstm_jax: every classic recurrent cell as pure JAX functions, unrolled with one scan.
+"""lstm_jax: every classic recurrent cell as pure JAX functions, run by one evaluator.
 
 Quick start::
 
     import jax, jax.numpy as jnp, lstm_jax as lj
-    cell = lj.lstm(64)
+    cell = lj.lstm(64)                                           # a Cell: config + pure functions
     params = cell.init(jax.random.key(0), input_size=8)
     ys, carry = lj.unroll(cell, params, jnp.ones((4, 100, 8)))   # ys: [4, 100, 64]
+
+The pieces: :class:`Cell` (``lstm_jax.cell``), :func:`unroll` (the one evaluator over a
+sequence, with its forms), layers (:func:`layer`, :func:`stack`, :func:`bidirectional`),
+the cells (:mod:`lstm_jax.cells`, one module per family), kernels (:mod:`lstm_jax.kernels`),
+models (:mod:`lstm_jax.models`), and on top: :mod:`lstm_jax.train`, :mod:`lstm_jax.data`,
+:mod:`lstm_jax.interop`.
 """
 
 from lstm_jax import initializers
-from lstm_jax.attention import (
+from lstm_jax._checks import checked
+from lstm_jax.cell import Cell, CellConfig, Resets, SequenceForm
+from lstm_jax.cells import (
+    GREFF_VARIANTS,
+    AdditiveAttentionConfig,
     AdditiveParams,
     Attention,
-    AttentionDecoder,
+    AttentionDecoderConfig,
     AttentionDecoderParams,
     AttentionDecoderState,
     AttentionMemory,
-    MultiplicativeParams,
-    Seq2Seq,
-    Seq2SeqParams,
-    additive_attention,
-    attention_decoder,
-    masked_softmax,
-    multiplicative_attention,
-    seq2seq,
-)
-from lstm_jax.cell import Cell
-from lstm_jax.cells import (
-    GREFF_VARIANTS,
+    ClockworkConfig,
     ClockworkParams,
     ClockworkState,
+    DecoderOutput,
+    DepthGatedInput,
+    DepthGatedLSTMConfig,
+    DepthGatedLSTMParams,
+    GridLSTMConfig,
+    GridLSTMInput,
+    GridLSTMParams,
+    GridLSTMState,
+    GRUConfig,
     GRUParams,
     GRUState,
+    LSTMConfig,
     LSTMParams,
-    LinearRecurrentCell,
     LSTMState,
+    MinGRUConfig,
     MinGRUParams,
     MinimalState,
+    MinLSTMConfig,
     MinLSTMParams,
+    MLSTMConfig,
     MLSTMParams,
     MLSTMState,
+    MultiplicativeAttentionConfig,
+    MultiplicativeParams,
+    MUTConfig,
     MUTParams,
+    RNNConfig,
     RNNParams,
     RNNState,
+    SLSTMConfig,
     SLSTMParams,
     SLSTMState,
+    additive_attention,
+    attention_decoder,
     cell_by_name,
     clockwork,
+    depth_gated_lstm,
     greff_variant,
+    grid_lstm,
     gru,
     lstm,
     min_gru,
     min_lstm,
     mlstm,
-    mlstm_parallel,
+    multiplicative_attention,
     mut1,
     mut2,
     mut3,
     rnn,
     slstm,
 )
-from lstm_jax.depth_gated import DepthGatedLSTMParams, depth_gated_lstm, depth_gated_lstm_cell
-from lstm_jax.grid import (
-    GridLSTMInput,
-    GridLSTMParams,
-    GridLSTMState,
-    GridLSTMTransform,
-    GridTransfer,
-    grid_block,
-    grid_lstm,
-    grid_lstm_cell,
-    init_grid_block,
-)
 from lstm_jax.layers import (
     BidirectionalCarry,
+    BidirectionalConfig,
     BidirectionalParams,
     Layer,
+    LayerConfig,
+    LearnedCarryParams,
+    StackConfig,
     bidirectional,
+    dropout,
     layer,
     stack,
 )
-from lstm_jax.parallel import has_parallel_form, linear_scan, parallel_layer, parallel_unroll
+from lstm_jax.models import readout, seq2seq
+from lstm_jax.ops import masked_softmax
 from lstm_jax.unroll import UnrollAux, reverse_within_lengths, unroll
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = [
-    "LinearRecurrentCell", "MinGRUParams", "MinLSTMParams", "MinimalState", "has_parallel_form",
-    "linear_scan", "min_gru", "min_lstm", "parallel_layer", "parallel_unroll",
-    "MLSTMParams", "MLSTMState", "SLSTMParams", "SLSTMState", "mlstm", "mlstm_parallel", "slstm",
-    "AdditiveParams", "Attention", "AttentionDecoder", "AttentionDecoderParams", "AttentionDecoderState",
-    "AttentionMemory", "MultiplicativeParams", "Seq2Seq", "Seq2SeqParams", "additive_attention",
-    "attention_decoder", "masked_softmax", "multiplicative_attention", "seq2seq",
-    "BidirectionalCarry", "BidirectionalParams", "Cell", "ClockworkParams", "ClockworkState",
-    "DepthGatedLSTMParams", "GREFF_VARIANTS", "GridLSTMInput", "GridLSTMParams", "GridLSTMState",
-    "GridLSTMTransform", "GridTransfer", "GRUParams", "GRUState",
-    "LSTMParams", "LSTMState", "Layer", "MUTParams", "RNNParams", "RNNState", "UnrollAux",
-    "bidirectional", "cell_by_name", "clockwork", "depth_gated_lstm", "depth_gated_lstm_cell", "greff_variant",
-    "grid_block", "grid_lstm", "grid_lstm_cell", "init_grid_block", "gru", "initializers", "layer", "lstm", "mut1", "mut2",
-    "mut3", "reverse_within_lengths", "rnn", "stack", "unroll",
-]
+__all__ = sorted([
+    # the contract and the evaluator
+    "Cell", "CellConfig", "Resets", "SequenceForm", "UnrollAux", "checked", "reverse_within_lengths", "unroll",
+    # layers
+    "BidirectionalCarry", "BidirectionalConfig", "BidirectionalParams", "Layer", "LayerConfig",
+    "LearnedCarryParams", "StackConfig", "bidirectional", "dropout", "layer", "stack",
+    # cells: constructors, configs, params, carries and inputs
+    "GREFF_VARIANTS", "additive_attention", "attention_decoder", "cell_by_name", "clockwork", "depth_gated_lstm",
+    "greff_variant", "grid_lstm", "gru", "lstm", "min_gru", "min_lstm", "mlstm", "multiplicative_attention",
+    "mut1", "mut2", "mut3", "rnn", "slstm",
+    "AdditiveAttentionConfig", "AttentionDecoderConfig", "ClockworkConfig", "DepthGatedLSTMConfig",
+    "GRUConfig", "GridLSTMConfig", "LSTMConfig", "MLSTMConfig", "MUTConfig", "MinGRUConfig", "MinLSTMConfig",
+    "MultiplicativeAttentionConfig", "RNNConfig", "SLSTMConfig",
+    "AdditiveParams", "Attention", "AttentionDecoderParams", "AttentionDecoderState", "AttentionMemory",
+    "ClockworkParams", "ClockworkState", "DecoderOutput", "DepthGatedInput", "DepthGatedLSTMParams", "GRUParams",
+    "GRUState", "GridLSTMInput", "GridLSTMParams", "GridLSTMState", "LSTMParams", "LSTMState", "MLSTMParams",
+    "MLSTMState", "MUTParams", "MinGRUParams", "MinLSTMParams", "MinimalState", "MultiplicativeParams",
+    "RNNParams", "RNNState", "SLSTMParams", "SLSTMState",
+    # models and shared ops
+    "masked_softmax", "readout", "seq2seq",
+    # modules
+    "initializers",
+])

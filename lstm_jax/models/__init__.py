@@ -2,8 +2,6 @@
 :func:`seq2seq` (an encoder and an attention decoder)."""
 
 from lstm_jax.models.readout import Model, ReadoutParams, readout
+from lstm_jax.models.seq2seq import Seq2Seq, Seq2SeqParams, seq2seq
 
-try:  # TRANSITIONAL: seq2seq is being ported by another helper; the lead makes this a plain import.
-    from lstm_jax.models.seq2seq import Seq2Seq, Seq2SeqParams, seq2seq
-except ImportError:
-    pass
+__all__ = ["Model", "ReadoutParams", "Seq2Seq", "Seq2SeqParams", "readout", "seq2seq"]
