@@ -38,7 +38,6 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-import form_checks  # tests/form_checks.py
 import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax.cells.minimal import (
@@ -355,7 +354,7 @@ def test_parallel_equals_scan_values_and_gradients(name):
     """Outputs, final carry and the gradients of a loss of both w.r.t. params, inputs, the
     initial carry and the reset carry, float64, under lengths, reverse, resets and all three."""
     cell, params, xs, carry, reset_to = case_data(name)
-    results = form_checks.forms_and_scan(cell, CASES)(params, xs, carry, reset_to)
+    results = helpers.forms_and_scan(cell, CASES)(params, xs, carry, reset_to)
     for case, (want, got) in results.items():
         assert_tree_close(got, jax.tree.map(np.asarray, want), same_dtype=True, **TOL64)
         grads = want[1]

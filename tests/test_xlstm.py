@@ -36,7 +36,6 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-import form_checks  # tests/form_checks.py
 import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax.cells.xlstm import (
@@ -384,7 +383,7 @@ def test_mlstm_parallel_equals_recurrent_values_and_gradients():
     against finite differences below), float64, under lengths, reverse, resets and all three
     (two heads, the exponential forget gate; the sigmoid one's values are compared above)."""
     cell, params, xs, carry, reset_to = case_data("mlstm_exp")
-    results = form_checks.forms_and_scan(cell, CASES)(params, xs, carry, reset_to)
+    results = helpers.forms_and_scan(cell, CASES)(params, xs, carry, reset_to)
     for case, (want, got) in results.items():
         assert_tree_close(got, jax.tree.map(np.asarray, want), same_dtype=True, **TOL64)
         grads = want[1]
