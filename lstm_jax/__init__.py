@@ -99,26 +99,18 @@ from lstm_jax.unroll import UnrollAux, reverse_within_lengths, unroll
 
 __version__ = "0.2.0"
 
-__all__ = sorted([
-    # the contract and the evaluator
-    "Cell", "CellConfig", "Resets", "SequenceForm", "UnrollAux", "checked", "reverse_within_lengths", "unroll",
-    # layers
-    "BidirectionalCarry", "BidirectionalConfig", "BidirectionalParams", "Layer", "LayerConfig",
-    "LearnedCarryParams", "StackConfig", "bidirectional", "dropout", "layer", "stack",
-    # cells: constructors, configs, params, carries and inputs
-    "GREFF_VARIANTS", "additive_attention", "attention_decoder", "cell_by_name", "clockwork", "depth_gated_lstm",
-    "greff_variant", "grid_lstm", "gru", "lstm", "min_gru", "min_lstm", "mlstm", "multiplicative_attention",
-    "mut1", "mut2", "mut3", "rnn", "slstm",
-    "AdditiveAttentionConfig", "AttentionDecoderConfig", "ClockworkConfig", "DepthGatedLSTMConfig",
-    "GRUConfig", "GridLSTMConfig", "LSTMConfig", "MLSTMConfig", "MUTConfig", "MinGRUConfig", "MinLSTMConfig",
-    "MultiplicativeAttentionConfig", "RNNConfig", "SLSTMConfig",
-    "AdditiveParams", "Attention", "AttentionDecoderParams", "AttentionDecoderState", "AttentionMemory",
-    "ClockworkParams", "ClockworkState", "DecoderOutput", "DepthGatedInput", "DepthGatedLSTMParams", "GRUParams",
-    "GRUState", "GridLSTMInput", "GridLSTMParams", "GridLSTMState", "LSTMParams", "LSTMState", "MLSTMParams",
-    "MLSTMState", "MUTParams", "MinGRUParams", "MinLSTMParams", "MinimalState", "MultiplicativeParams",
-    "RNNParams", "RNNState", "SLSTMParams", "SLSTMState",
-    # models and shared ops
-    "masked_softmax", "readout", "seq2seq",
-    # modules
-    "initializers",
-])
+__all__ = [  # sorted
+    "AdditiveAttentionConfig", "AdditiveParams", "Attention", "AttentionDecoderConfig",
+    "AttentionDecoderParams", "AttentionDecoderState", "AttentionMemory", "BidirectionalCarry",
+    "BidirectionalConfig", "BidirectionalParams", "Cell", "CellConfig", "ClockworkConfig", "ClockworkParams",
+    "ClockworkState", "DecoderOutput", "DepthGatedInput", "DepthGatedLSTMConfig", "DepthGatedLSTMParams",
+    "GREFF_VARIANTS", "GRUConfig", "GRUParams", "GRUState", "GridLSTMConfig", "GridLSTMInput", "GridLSTMParams",
+    "GridLSTMState", "LSTMConfig", "LSTMParams", "LSTMState", "Layer", "LayerConfig", "LearnedCarryParams",
+    "MLSTMConfig", "MLSTMParams", "MLSTMState", "MUTConfig", "MUTParams", "MinGRUConfig", "MinGRUParams",
+    "MinLSTMConfig", "MinLSTMParams", "MinimalState", "MultiplicativeAttentionConfig", "MultiplicativeParams",
+    "RNNConfig", "RNNParams", "RNNState", "Resets", "SLSTMConfig", "SLSTMParams", "SLSTMState", "SequenceForm",
+    "StackConfig", "UnrollAux", "additive_attention", "attention_decoder", "bidirectional", "cell_by_name",
+    "checked", "clockwork", "depth_gated_lstm", "dropout", "greff_variant", "grid_lstm", "gru", "initializers",
+    "layer", "lstm", "masked_softmax", "min_gru", "min_lstm", "mlstm", "multiplicative_attention", "mut1",
+    "mut2", "mut3", "readout", "reverse_within_lengths", "rnn", "seq2seq", "slstm", "stack", "unroll",
+]

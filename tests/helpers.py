@@ -94,3 +94,17 @@ def forms_and_scan(cell, cases):
                 for name, kw in cases.items()}
 
     return jax.jit(all_cases)
+
+
+def traces_with_static(run, *calls):
+    """``jax.jit(run, static_argnums=0)`` called as ``run(*call)`` for each call; returns
+    ``(the static arguments it traced for, the outputs)``: an equal (hashable) static
+    argument reuses the compiled program, so it traces nothing new."""
+    traces = []
+
+    def traced(static, *args):
+        traces.append(static)
+        return run(static, *args)
+
+    jitted = jax.jit(traced, static_argnums=0)
+    return traces, [jitted(*call) for call in calls]

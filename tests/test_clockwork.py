@@ -322,15 +322,10 @@ def test_cells_compare_by_config_and_are_static_arguments():
     for other in (clockwork(8, num_modules=4, activation="relu"), clockwork(8, periods=[1, 2, 4, 16]),
                   clockwork(16, num_modules=4), lj.rnn(8)):
         assert a != other
-    traces = []
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def run(cell, params, xs):
-        traces.append(cell)
-        return lj.unroll(cell, params, xs)[0]
-
     _, params, xs, _ = setup("exp4")
-    np.testing.assert_array_equal(run(a, params, xs), run(b, params, xs))
+    traces, (ya, yb) = helpers.traces_with_static(lambda c, p, x: lj.unroll(c, p, x)[0], (a, params, xs),
+                                                  (b, params, xs))
+    np.testing.assert_array_equal(ya, yb)
     assert traces == [a]  # the equal cell hit the cache
 
 

@@ -71,20 +71,13 @@ def test_repr_shows_the_constructor_call():
 
 
 def test_a_cell_is_a_jit_static_argument_traced_once_for_equal_cells():
-    traces = []
-
-    def run(cell, params, xs):
-        traces.append(cell)
-        return lj.unroll(cell, params, xs)[0]
-
-    run = jax.jit(run, static_argnums=0)
     params, xs = setup(lj.lstm(H))
-    first = run(lj.lstm(H), params, xs)
-    second = run(lj.lstm(H), params, xs)  # a new, equal cell: no retrace
+    traces, (first, second, _) = helpers.traces_with_static(
+        lambda c, p, x: lj.unroll(c, p, x)[0], (lj.lstm(H), params, xs),
+        (lj.lstm(H), params, xs),  # a new, equal cell: no retrace
+        (lj.lstm(H, forget_bias=2.0), params, xs))  # another config: traced again
     np.testing.assert_array_equal(first, second)
-    assert len(traces) == 1
-    run(lj.lstm(H, peephole=False, forget_bias=2.0), params, xs)  # another config: traced again
-    assert len(traces) == 2
+    assert traces == [lj.lstm(H), lj.lstm(H, forget_bias=2.0)]
 
 
 def test_config_is_validated_and_replaceable():

@@ -291,15 +291,10 @@ def test_cells_compare_by_config_and_are_static_arguments():
                   depth_gated_lstm(H, 2, dropout_rate=0.5, peephole=True), lj.lstm(H)):
         assert a != other
     assert lj.layer(a) == lj.layer(b) and hash(lj.layer(a)) == hash(lj.layer(b))
-    traces = []
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def run(cell, params, xs):
-        traces.append(cell)
-        return lj.unroll(cell, params, xs)[0]
-
     params, xs = setup(2)[1:3]
-    np.testing.assert_array_equal(run(a, params, xs), run(b, params, xs))
+    traces, (ya, yb) = helpers.traces_with_static(lambda c, p, x: lj.unroll(c, p, x)[0], (a, params, xs),
+                                                  (b, params, xs))
+    np.testing.assert_array_equal(ya, yb)
     assert traces == [a]  # the equal cell hit the cache
 
 

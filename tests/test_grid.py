@@ -494,15 +494,10 @@ def test_cells_compare_by_config_and_are_static_arguments():
     for other in (grid_lstm(H, L), grid_lstm(H, L, depth_lstm=False, priority=False),
                   grid_lstm(H, 3, depth_lstm=False), grid_lstm(H, L, depth_lstm=False, depth_activation="tanh")):
         assert a != other
-    traces = []
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def run(cell, params, xs):
-        traces.append(cell)
-        return lj.unroll(cell, params, xs)[0]
-
     _, _, params, xs, _ = layer_setup("transfer_identity")
-    np.testing.assert_array_equal(run(a, params, xs), run(b, params, xs))
+    traces, (ya, yb) = helpers.traces_with_static(lambda c, p, x: lj.unroll(c, p, x)[0], (a, params, xs),
+                                                  (b, params, xs))
+    np.testing.assert_array_equal(ya, yb)
     assert traces == [a]  # the equal cell hit the cache
 
 

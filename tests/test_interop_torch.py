@@ -3,7 +3,6 @@ compute (outputs, final states, gradients, initial states, padded batches) and a
 hashable configs, ``to_torch`` goes back, the converters refuse what PyTorch cannot express
 (naming it), and the library never needs torch."""
 
-import functools
 import itertools
 import os
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import helpers  # noqa: E402  (tests/helpers.py)
 import lstm_jax as lj  # noqa: E402
 from lstm_jax.interop.torch import carry_from_torch, carry_to_torch, from_torch, to_torch  # noqa: E402
 
@@ -116,15 +116,9 @@ def test_from_torch_layers_are_typed_hashable_and_equal_by_config():
     assert a == lj.stack([lj.bidirectional(lj.gru(H), lj.gru(H), merge="concat")] * 2)
     assert repr(a) == ("stack([bidirectional(layer(gru(5)), layer(gru(5), reverse=True), merge='concat'), "
                        "bidirectional(layer(gru(5)), layer(gru(5), reverse=True), merge='concat')])")
-    traces = []
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def run(layer, params, xs):
-        traces.append(layer)
-        return layer.apply(params, xs)[0]
-
     xs = jnp.asarray(inputs(make("gru")).numpy())
-    np.testing.assert_array_equal(run(a, params, xs), run(b, params, xs))
+    traces, (ya, yb) = helpers.traces_with_static(lambda l, p, x: l.apply(p, x)[0], (a, params, xs), (b, params, xs))
+    np.testing.assert_array_equal(ya, yb)
     assert traces == [a]  # equal layers share one compiled program
 
 

@@ -530,15 +530,10 @@ def test_cells_compare_by_config_and_are_jit_static_arguments():
     assert slstm(H, num_heads=2) == slstm(H, num_heads=2) and hash(mlstm(H)) == hash(mlstm(H))
     assert slstm(H) != slstm(H, num_heads=2) and mlstm(H) != slstm(H)
     assert mlstm(H, forget_gate="exp") == MLSTMConfig(H, forget_gate="exp").build()
-    traces = []
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def apply(cell, params, xs):
-        traces.append(cell)
-        return lj.unroll(cell, params, xs, impl="parallel")[0]
-
     _, params, xs, _ = setup("mlstm_heads")
-    np.testing.assert_array_equal(apply(mlstm(H, num_heads=2), params, xs), apply(mlstm(H, num_heads=2), params, xs))
+    traces, (ya, yb) = helpers.traces_with_static(lambda c, p, x: lj.unroll(c, p, x, impl="parallel")[0],
+                                                  (mlstm(H, num_heads=2), params, xs), (mlstm(H, num_heads=2), params, xs))
+    np.testing.assert_array_equal(ya, yb)
     assert len(traces) == 1  # an equal cell built anew is the same static argument: no retrace
 
 

@@ -37,16 +37,17 @@ from lstm_jax.cells.registry import CELL_CONSTRUCTORS, cell_by_name
 from lstm_jax.cells.rnn import RNNConfig, RNNParams, RNNState, rnn
 from lstm_jax.cells.xlstm import MLSTMConfig, MLSTMParams, MLSTMState, SLSTMConfig, SLSTMParams, SLSTMState, mlstm, slstm
 
-__all__ = sorted([
-    "AdditiveAttentionConfig", "AdditiveParams", "Attention", "AttentionDecoderConfig", "AttentionDecoderParams",
-    "AttentionDecoderState", "AttentionMemory", "CELL_CONSTRUCTORS", "ClockworkConfig", "ClockworkParams",
-    "ClockworkState", "DecoderOutput", "DepthGatedInput", "DepthGatedLSTMConfig", "DepthGatedLSTMParams",
-    "GREFF_VARIANTS", "GRUConfig", "GRUParams", "GRUState", "GridLSTMConfig", "GridLSTMInput", "GridLSTMParams",
-    "GridLSTMState", "GridLSTMTransform", "GridTransfer", "LSTMConfig", "LSTMParams", "LSTMState", "MLSTMConfig",
-    "MLSTMParams", "MLSTMState", "MUTConfig", "MUTParams", "MinGRUConfig", "MinGRUParams", "MinLSTMConfig",
-    "MinLSTMParams", "MinimalState", "MultiplicativeAttentionConfig", "MultiplicativeParams", "RNNConfig",
-    "RNNParams", "RNNState", "SLSTMConfig", "SLSTMParams", "SLSTMState", "additive_attention", "attention_decoder",
-    "cell_by_name", "clockwork", "clockwork_mask", "depth_gated_lstm", "exponential_periods", "greff_variant",
-    "grid_block", "grid_lstm", "gru", "init_grid_block", "lstm", "min_gru", "min_lstm", "mlstm",
-    "multiplicative_attention", "mut1", "mut2", "mut3", "rnn", "slstm",
-])
+__all__ = [  # sorted
+    "AdditiveAttentionConfig", "AdditiveParams", "Attention", "AttentionDecoderConfig",
+    "AttentionDecoderParams", "AttentionDecoderState", "AttentionMemory", "CELL_CONSTRUCTORS",
+    "ClockworkConfig", "ClockworkParams", "ClockworkState", "DecoderOutput", "DepthGatedInput",
+    "DepthGatedLSTMConfig", "DepthGatedLSTMParams", "GREFF_VARIANTS", "GRUConfig", "GRUParams", "GRUState",
+    "GridLSTMConfig", "GridLSTMInput", "GridLSTMParams", "GridLSTMState", "GridLSTMTransform", "GridTransfer",
+    "LSTMConfig", "LSTMParams", "LSTMState", "MLSTMConfig", "MLSTMParams", "MLSTMState", "MUTConfig",
+    "MUTParams", "MinGRUConfig", "MinGRUParams", "MinLSTMConfig", "MinLSTMParams", "MinimalState",
+    "MultiplicativeAttentionConfig", "MultiplicativeParams", "RNNConfig", "RNNParams", "RNNState",
+    "SLSTMConfig", "SLSTMParams", "SLSTMState", "additive_attention", "attention_decoder", "cell_by_name",
+    "clockwork", "clockwork_mask", "depth_gated_lstm", "exponential_periods", "greff_variant", "grid_block",
+    "grid_lstm", "gru", "init_grid_block", "lstm", "min_gru", "min_lstm", "mlstm", "multiplicative_attention",
+    "mut1", "mut2", "mut3", "rnn", "slstm",
+]
