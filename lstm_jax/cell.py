@@ -96,6 +96,29 @@ class SequenceForm(NamedTuple):
     note: str = ""
 
 
+def compared_by_config(cls: type) -> type:
+    """Class decorator for a NamedTuple of functions with a ``config`` field: equality, hash and
+    repr come from the config (functions compare by identity, so two builds of one config
+    would otherwise differ). Used by :class:`Cell`, :class:`~lstm_jax.Layer` and
+    :class:`~lstm_jax.Attention`."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, cls) and type(self.config) is type(other.config) and self.config == other.config
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((cls, self.config))
+
+    def __repr__(self) -> str:
+        return repr(self.config)
+
+    cls.__eq__, cls.__ne__, cls.__hash__, cls.__repr__ = __eq__, __ne__, __hash__, __repr__
+    return cls
+
+
+@compared_by_config
 class Cell(NamedTuple):
     """A recurrent cell: its config plus pure functions over params, carry and inputs.
 
@@ -152,15 +175,3 @@ class Cell(NamedTuple):
         del batch_shape
         return self.recur(params, carry, self.project(params, x))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Cell) and type(self.config) is type(other.config) \
-            and self.config == other.config
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def __hash__(self) -> int:
-        return hash((Cell, self.config))
-
-    def __repr__(self) -> str:
-        return repr(self.config)

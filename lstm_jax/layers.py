@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from lstm_jax import _checks
-from lstm_jax.cell import Cell
+from lstm_jax.cell import Cell, compared_by_config
 from lstm_jax.unroll import unroll as _unroll
 
 Array = jax.Array
@@ -110,6 +110,7 @@ class BidirectionalConfig:
         return f"bidirectional({self.forward!r}, {self.backward!r}, merge={self.merge!r})"
 
 
+@compared_by_config
 class Layer(NamedTuple):
     """A sequence layer: its config plus pure functions (see the module docstring).
 
@@ -139,18 +140,6 @@ class Layer(NamedTuple):
     def reverse(self) -> bool:
         """Whether the layer reads its sequence backwards."""
         return self.config.reverse
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Layer) and type(self.config) is type(other.config) and self.config == other.config
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def __hash__(self) -> int:
-        return hash((Layer, self.config))
-
-    def __repr__(self) -> str:
-        return repr(self.config)
 
 
 class LearnedCarryParams(NamedTuple):

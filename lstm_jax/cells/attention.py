@@ -60,7 +60,7 @@ import jax.numpy as jnp
 
 from lstm_jax import _checks
 from lstm_jax import initializers as inits
-from lstm_jax.cell import Cell, CellConfig
+from lstm_jax.cell import Cell, CellConfig, compared_by_config
 from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
 from lstm_jax.cells.lstm import LSTMParams, LSTMState, lstm
 from lstm_jax.ops import masked_softmax
@@ -153,6 +153,7 @@ class MultiplicativeAttentionConfig(AttentionConfig):
 # ------------------------------------------------------------------------------ Attention
 
 
+@compared_by_config
 class Attention(NamedTuple):
     """An attention mechanism: its config plus pure functions over params, queries and keys.
 
@@ -223,18 +224,6 @@ class Attention(NamedTuple):
         _check_query(self, params, query, memory)
         return _attend(self, params, query, memory)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Attention) and type(self.config) is type(other.config) \
-            and self.config == other.config
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def __hash__(self) -> int:
-        return hash((Attention, self.config))
-
-    def __repr__(self) -> str:
-        return repr(self.config)
 
 
 def _precompute(attention: Attention, params: Any, memory: Array, mask: Array | None) -> AttentionMemory:

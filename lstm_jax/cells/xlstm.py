@@ -91,27 +91,32 @@ class MLSTMState(NamedTuple):
 
 # ------------------------------------------------------------------------------------ configs
 
-def _check_heads(config) -> dict:
-    """The checked ``hidden_size``, ``num_heads``, ``forget_gate`` and ``forget_bias``."""
-    H = _checks.positive_int("hidden_size", config.hidden_size)
-    NH = _checks.positive_int("num_heads", config.num_heads)
-    if H % NH:
-        raise ValueError(f"`hidden_size` ({H}) must be divisible by `num_heads` ({NH}).")
-    forget_bias = config.forget_bias
-    if forget_bias is not None:
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.floating, np.integer)):
-            raise TypeError(f"`forget_bias` must be a number or None, got {forget_bias!r}.")
-        forget_bias = float(forget_bias)
-    return dict(hidden_size=H, num_heads=NH, forget_gate=_checks.choice("forget_gate", config.forget_gate,
-                                                                        FORGET_GATES), forget_bias=forget_bias)
-
-
+@dataclasses.dataclass(frozen=True, repr=False)
 class _XLSTMConfig(CellConfig):
-    """What the sLSTM and mLSTM configs share: heads and the forget gate."""
+    """What the sLSTM and mLSTM configs share: heads, the forget gate and the input-side
+    initialisers (checked here)."""
 
-    num_heads: int
-    forget_gate: str
-    forget_bias: float | None
+    hidden_size: int
+    num_heads: int = 1
+    forget_gate: str = "sigmoid"
+    forget_bias: float | None = None
+    kernel_init: inits.Initializer | None = None
+    bias_init: inits.Initializer | None = None
+
+    def __post_init__(self):
+        H = _checks.positive_int("hidden_size", self.hidden_size)
+        NH = _checks.positive_int("num_heads", self.num_heads)
+        if H % NH:
+            raise ValueError(f"`hidden_size` ({H}) must be divisible by `num_heads` ({NH}).")
+        forget_bias = self.forget_bias
+        if forget_bias is not None:
+            if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.floating, np.integer)):
+                raise TypeError(f"`forget_bias` must be a number or None, got {forget_bias!r}.")
+            forget_bias = float(forget_bias)
+        set_fields(self, hidden_size=H, num_heads=NH, forget_bias=forget_bias,
+                   forget_gate=_checks.choice("forget_gate", self.forget_gate, FORGET_GATES),
+                   kernel_init=initializer("kernel_init", self.kernel_init),
+                   bias_init=initializer("bias_init", self.bias_init))
 
     @property
     def head_size(self) -> int:
@@ -129,18 +134,11 @@ class SLSTMConfig(_XLSTMConfig):
     """Hyper-parameters of :func:`slstm` (see there)."""
 
     constructor = "slstm"
-    hidden_size: int
-    num_heads: int = 1
-    forget_gate: str = "sigmoid"
-    forget_bias: float | None = None
-    kernel_init: inits.Initializer | None = None
     recurrent_init: inits.Initializer | None = None
-    bias_init: inits.Initializer | None = None
 
     def __post_init__(self):
-        set_fields(self, **_check_heads(self), kernel_init=initializer("kernel_init", self.kernel_init),
-                   recurrent_init=initializer("recurrent_init", self.recurrent_init),
-                   bias_init=initializer("bias_init", self.bias_init))
+        super().__post_init__()
+        set_fields(self, recurrent_init=initializer("recurrent_init", self.recurrent_init))
 
     def build(self) -> Cell:
         return _slstm_cell(self)
@@ -151,16 +149,6 @@ class MLSTMConfig(_XLSTMConfig):
     """Hyper-parameters of :func:`mlstm` (see there)."""
 
     constructor = "mlstm"
-    hidden_size: int
-    num_heads: int = 1
-    forget_gate: str = "sigmoid"
-    forget_bias: float | None = None
-    kernel_init: inits.Initializer | None = None
-    bias_init: inits.Initializer | None = None
-
-    def __post_init__(self):
-        set_fields(self, **_check_heads(self), kernel_init=initializer("kernel_init", self.kernel_init),
-                   bias_init=initializer("bias_init", self.bias_init))
 
     def build(self) -> Cell:
         return _mlstm_cell(self)
