@@ -163,6 +163,11 @@ def _leaves(name: str, tree: Any) -> list[tuple[str, Any]]:
     return out
 
 
+def _dtype(leaf: Any) -> jnp.dtype:
+    """The dtype JAX will use for ``leaf`` (a NumPy float64 array is float32 when x64 is off)."""
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(leaf.dtype))
+
+
 def _describe(tree: Any) -> str:
     t = type(tree)
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
@@ -253,13 +258,13 @@ def params(owner: Any, params: Any, *, input_size: int | None = None, name: str 
         raise TypeError(f"`{name}` must be the parameters from {owner!r}.init, got {_describe(params)} "
                         "without arrays.")
     first_name, first = leaves[0]
-    dtype = jnp.dtype(first.dtype)
+    dtype = _dtype(first)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"`{first_name}` must be floating (float32, bfloat16, float64...), got {dtype}.")
     for leaf_name, leaf in leaves[1:]:
-        if jnp.dtype(leaf.dtype) != dtype:
+        if _dtype(leaf) != dtype:
             raise TypeError(f"`{name}` mix dtypes: `{first_name}` is {dtype} but `{leaf_name}` is "
-                            f"{jnp.dtype(leaf.dtype)}; cast them to one dtype, e.g. "
+                            f"{_dtype(leaf)}; cast them to one dtype, e.g. "
                             f"`jax.tree.map(lambda a: a.astype(jnp.{dtype.name}), {name})`.")
     probe = _probe(owner, dtype)
     _compare_structure(name, params, probe.tree, repr(owner))
@@ -294,7 +299,7 @@ def _input_leaves(name: str, xs: Any) -> list[tuple[str, Any]]:
 
 def _input_dtypes(name: str, leaves, dtype) -> None:
     for leaf_name, leaf in leaves:
-        got = jnp.dtype(leaf.dtype)
+        got = _dtype(leaf)
         if got != dtype:
             raise TypeError(f"`{leaf_name}` has dtype {got} but the parameters are {dtype}; cast one of "
                             f"them (e.g. `{name}.astype(jnp.{dtype.name})`).")
@@ -367,9 +372,8 @@ def tree_like(name: str, got: Any, want: Any, owner: str, batch: tuple[int, ...]
                                     for i, e in enumerate(want_shape)) + ("," if len(want_shape) == 1 else "") + ")"
             raise ValueError(f"`{leaf_name}` must have shape {shown}"
                              + (f" for batch shape {batch}" if batch else "") + f" ({owner}), got {got_shape}.")
-        if jnp.dtype(leaf.dtype) != jnp.dtype(w.dtype):
-            raise TypeError(f"`{leaf_name}` must have dtype {jnp.dtype(w.dtype)} (as {owner}), got "
-                            f"{jnp.dtype(leaf.dtype)}.")
+        if _dtype(leaf) != _dtype(w):
+            raise TypeError(f"`{leaf_name}` must have dtype {_dtype(w)} (as {owner}), got {_dtype(leaf)}.")
 
 
 def lengths(value: Any, batch: tuple[int, ...], T: int) -> Array:
@@ -390,7 +394,8 @@ def lengths(value: Any, batch: tuple[int, ...], T: int) -> Array:
     elif value_checks_enabled():
         from jax.experimental import checkify
 
-        checkify.check(jnp.all((value >= 0) & (value <= T)),
+        # debug_check: a no-op wherever the trace is later reused outside checked() (a jit cache)
+        checkify.debug_check(jnp.all((value >= 0) & (value <= T)),
                        f"`lengths` must lie in [0, {T}] (T, the number of steps in `xs`), got values in "
                        "[{lo}, {hi}].", lo=jnp.min(value), hi=jnp.max(value))
     # int32 before comparing with a step counter: an int8 one would wrap before T
@@ -443,7 +448,7 @@ def finite_inputs(xs: Any, valid: Array | None) -> None:
         ok = jnp.isfinite(leaf)
         if valid is not None:
             ok = ok | ~valid.reshape(valid.shape + (1,) * (leaf.ndim - valid.ndim))
-        checkify.check(jnp.all(ok), "`xs` must be finite within each sequence's length; it has "
+        checkify.debug_check(jnp.all(ok), "`xs` must be finite within each sequence's length; it has "
                        "{n} NaN or infinite entries there.", n=jnp.sum(~ok))
 
 

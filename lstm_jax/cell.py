@@ -50,8 +50,10 @@ class CellConfig:
         raise NotImplementedError
 
     def replace(self, **changes: Any) -> "CellConfig":
-        """A copy with ``changes`` (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, built (and validated) again from the arguments this config
+        was given, so that values derived from other fields follow the change."""
+        given = vars(self).get("_given") or {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return type(self)(**{**given, **changes})
 
     def __repr__(self) -> str:
         parts = [repr(self.hidden_size)]
@@ -96,11 +98,20 @@ class SequenceForm(NamedTuple):
     note: str = ""
 
 
+def static_pytree(cls: type) -> type:
+    """Registers a NamedTuple of functions as a pytree without leaves: JAX would otherwise
+    flatten it (a NamedTuple) into its functions, so that ``jax.tree.map`` walked into them and
+    a module holding one (Equinox's ``filter_jit``) compared them by identity. Now the whole
+    object is static, compared by its ``__eq__`` and ``__hash__``."""
+    jax.tree_util.register_pytree_node(cls, lambda obj: ((), obj), lambda obj, _: obj)
+    return cls
+
+
 def compared_by_config(cls: type) -> type:
     """Class decorator for a NamedTuple of functions with a ``config`` field: equality, hash and
     repr come from the config (functions compare by identity, so two builds of one config
-    would otherwise differ). Used by :class:`Cell`, :class:`~lstm_jax.Layer` and
-    :class:`~lstm_jax.Attention`."""
+    would otherwise differ), and the object is a :func:`static_pytree`. Used by :class:`Cell`,
+    :class:`~lstm_jax.Layer` and :class:`~lstm_jax.Attention`."""
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, cls) and type(self.config) is type(other.config) and self.config == other.config
@@ -115,7 +126,7 @@ def compared_by_config(cls: type) -> type:
         return repr(self.config)
 
     cls.__eq__, cls.__ne__, cls.__hash__, cls.__repr__ = __eq__, __ne__, __hash__, __repr__
-    return cls
+    return static_pytree(cls)
 
 
 @compared_by_config

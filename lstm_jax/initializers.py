@@ -36,10 +36,31 @@ import jax.numpy as jnp
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 
-glorot_uniform = jax.nn.initializers.glorot_uniform
-lecun_normal = jax.nn.initializers.lecun_normal
 zeros = jax.nn.initializers.zeros
 ones = jax.nn.initializers.ones
+
+
+@dataclasses.dataclass(frozen=True)
+class VarianceScaling:
+    """``jax.nn.initializers.variance_scaling(scale, mode, distribution)`` as a value: equal
+    (and hashing equally) when its arguments are, unlike the closures JAX's factories return."""
+
+    scale: float = 1.0
+    mode: str = "fan_avg"
+    distribution: str = "uniform"
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        return jax.nn.initializers.variance_scaling(self.scale, self.mode, self.distribution)(key, shape, dtype)
+
+
+def glorot_uniform() -> VarianceScaling:
+    """Glorot & Bengio 2010's uniform initialiser (``jax.nn.initializers.glorot_uniform``)."""
+    return VarianceScaling(1.0, "fan_avg", "uniform")
+
+
+def lecun_normal() -> VarianceScaling:
+    """LeCun's truncated normal initialiser (``jax.nn.initializers.lecun_normal``)."""
+    return VarianceScaling(1.0, "fan_in", "truncated_normal")
 
 
 @dataclasses.dataclass(frozen=True)

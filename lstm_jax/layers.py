@@ -4,8 +4,9 @@ A :class:`Layer` is a complete sequence model, combinable like ``stax.serial``:
 
 * ``init(key, input_size, *, dtype=jnp.float32) -> params``
 * ``init_carry(params, batch_shape=()) -> carry``
-* ``apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, return_gates=False)
-  -> (ys, carry)`` (``(ys, carry, gates)`` with ``return_gates``)
+* ``apply(params, xs, carry=None, *, lengths=None, resets=None, reset_to=None, key=None,
+  return_gates=False) -> (ys, carry)`` (``(ys, carry, gates)`` with ``return_gates``);
+  ``reset_to`` is the carry ``resets`` restore, structured like ``carry``
 * ``step(params, carry, x_t) -> (carry, y_t)``: one step of a forward layer or stack (dropout
   off), for generation.
 
@@ -46,7 +47,7 @@ class LayerConfig:
     cell: Cell
     reverse: bool = False
     time_major: bool = False
-    unroll: int | bool = 1
+    unroll: int | str = 1  # steps per loop iteration, or "all" (unroll=True: True == 1 would alias)
     impl: str = "auto"
     remat_chunk: int | None = None
     learn_initial_carry: bool = False
@@ -244,13 +245,15 @@ def layer(
     for name, value in (("reverse", reverse), ("time_major", time_major), ("learn_initial_carry", learn_initial_carry)):
         _checks.boolean(name, value)
     unroll = _checks.unroll_factor(unroll)
+    scan_unroll = unroll
+    unroll = "all" if unroll is True else unroll  # in the config: True == 1 would make them equal
     if remat_chunk is not None:
         remat_chunk = _checks.positive_int("remat_chunk", remat_chunk)
     if not isinstance(impl, str) or (impl not in ("auto", "scan") and impl not in cell.forms):
         have = ", ".join(repr(n) for n in cell.forms) or "none"
         raise ValueError(f"`impl` must be 'auto', 'scan' or one of {cell!r}'s forms ({have}), got {impl!r}.")
     config = LayerConfig(cell, reverse, time_major, unroll, impl, remat_chunk, learn_initial_carry)
-    options = dict(reverse=reverse, time_major=time_major, unroll=unroll, impl=impl, remat_chunk=remat_chunk)
+    options = dict(reverse=reverse, time_major=time_major, unroll=scan_unroll, impl=impl, remat_chunk=remat_chunk)
 
     def split(params, name="params"):
         """``(cell params, learned initial carry or None)``, checked."""
@@ -270,23 +273,23 @@ def layer(
             return params
         return LearnedCarryParams(params, _learned_part(cell.init_carry(params, ())))
 
-    def init_carry(params, batch_shape=()):
+    def init_carry(params, batch_shape=(), **context):
         cell_params, learned = split(params)
         _checks.params(cell, cell_params, name="params.cell" if learned is not None else "params")
-        carry = cell.init_carry(cell_params, batch_shape)
+        carry = cell.init_carry(cell_params, batch_shape, **context)
         return carry if learned is None else _with_learned(carry, learned, batch_shape)
 
-    def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, return_gates=False):
+    def apply(params, xs, carry=None, *, lengths=None, resets=None, reset_to=None, key=None, return_gates=False):
         cell_params, learned = split(params)
         batch = _checks.sequence(cell, cell_params, xs, time_major=time_major,
                                  name="params.cell" if learned is not None else "params").batch_shape
         if key is not None and cell.noise is not None:
             xs = cell.noise(_checks.prng_key("key", key), xs)
-        reset_to = None
         if learned is not None:
             start = _with_learned(cell.init_carry(cell_params, batch), learned, batch)
             carry = start if carry is None else carry
-            reset_to = start if resets is not None else None
+            if resets is not None and reset_to is None:
+                reset_to = start
         out = _unroll(cell, cell_params, xs, carry, lengths=lengths, resets=resets, reset_to=reset_to,
                       return_gates=return_gates, **options)
         return (out[0], out[1], out[2].gates) if return_gates else out
@@ -345,18 +348,22 @@ def stack(layers: Sequence[Cell | Layer], *, dropout_rate: float = 0.0, **layer_
 
     def init_carry(params, batch_shape=()):
         check(params)
-        return tuple(l.init_carry(p, batch_shape) for l, p in zip(layers, params))
+        return tuple(_labelled(f"[{i}]", f"layers[{i}]", l.init_carry, p, batch_shape)
+                     for i, (l, p) in enumerate(zip(layers, params)))
 
-    def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, return_gates=False):
+    def apply(params, xs, carry=None, *, lengths=None, resets=None, reset_to=None, key=None, return_gates=False):
         check(params, carry)
+        if reset_to is not None:
+            _check_tuple("reset_to", reset_to, n, "reset carries")
         carry = (None,) * n if carry is None else carry
+        reset_to = (None,) * n if reset_to is None else reset_to
         keys = _split_keys(key, 2 * n)
         new_carry, gates = [], []
-        for i, (l, p, c) in enumerate(zip(layers, params, carry)):
+        for i, (l, p, c, r) in enumerate(zip(layers, params, carry, reset_to)):
             if i > 0 and dropout_rate > 0.0 and key is not None:
                 xs = dropout(keys[2 * i], xs, dropout_rate)
-            out = _in_layer(i, l.apply, p, xs, c, lengths=lengths, resets=resets, key=keys[2 * i + 1],
-                            return_gates=return_gates)
+            out = _labelled(f"[{i}]", f"layers[{i}]", l.apply, p, xs, c, lengths=lengths, resets=resets,
+                            reset_to=r, key=keys[2 * i + 1], return_gates=return_gates)
             xs = out[0]
             new_carry.append(out[1])
             if return_gates:
@@ -367,23 +374,27 @@ def stack(layers: Sequence[Cell | Layer], *, dropout_rate: float = 0.0, **layer_
         check(params, carry)
         new_carry = []
         for i, (l, p, c) in enumerate(zip(layers, params, carry)):
-            c, x = _in_layer(i, l.step, p, c, x)
+            c, x = _labelled(f"[{i}]", f"layers[{i}]", l.step, p, c, x)
             new_carry.append(c)
         return tuple(new_carry), x
 
     return Layer(config=config, init=init, init_carry=init_carry, apply=apply, step=step)
 
 
-def _in_layer(i: int, fn: Callable, *args, **kwargs):
-    """Calls a stacked layer's function; an argument error names the layer's index."""
+def _labelled(where: str, label: str, fn: Callable, *args, **kwargs):
+    """Calls a sub-layer's function; an argument error names the sub-layer: `params` becomes
+    `params{where}` (e.g. `params[1]`, `params.backward`), others get ``label`` in front."""
     try:
         return fn(*args, **kwargs)
     except (TypeError, ValueError) as e:
+        if type(e) not in (TypeError, ValueError):  # JAX's own errors take other constructor arguments
+            e.add_note(f"(in {label})")
+            raise
         message = str(e)
-        for arg in ("params", "carry"):
-            message = message.replace(f"`{arg}", f"`{arg}[{i}]")
+        for arg in ("params", "carry", "reset_to"):
+            message = message.replace(f"`{arg}", f"`{arg}{where}")
         if message == str(e):
-            message = f"layers[{i}]: {message}"
+            message = f"{label}: {message}"
         raise type(e)(message) from e
 
 
@@ -432,19 +443,23 @@ def bidirectional(fwd: Cell | Layer, bwd: Cell | Layer, *, merge: str = "concat"
 
     def init_carry(params, batch_shape=()):
         check(params)
-        return BidirectionalCarry(fwd.init_carry(params.forward, batch_shape),
-                                  bwd.init_carry(params.backward, batch_shape))
+        return BidirectionalCarry(_labelled(".forward", "forward", fwd.init_carry, params.forward, batch_shape),
+                                  _labelled(".backward", "backward", bwd.init_carry, params.backward, batch_shape))
 
-    def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, return_gates=False):
+    def apply(params, xs, carry=None, *, lengths=None, resets=None, reset_to=None, key=None, return_gates=False):
         check(params)
-        if carry is not None and not isinstance(carry, BidirectionalCarry):
-            raise TypeError(f"`carry` must be a BidirectionalCarry (from this layer's init_carry), got "
-                            f"{type(carry).__name__}.")
+        for name, value in (("carry", carry), ("reset_to", reset_to)):
+            if value is not None and not isinstance(value, BidirectionalCarry):
+                raise TypeError(f"`{name}` must be a BidirectionalCarry (like this layer's init_carry), got "
+                                f"{type(value).__name__}.")
         carry = carry if carry is not None else BidirectionalCarry(None, None)
+        reset_to = reset_to if reset_to is not None else BidirectionalCarry(None, None)
         kf, kb = _split_keys(key, 2)
         kw = dict(lengths=lengths, resets=resets, return_gates=return_gates)
-        out_f = fwd.apply(params.forward, xs, carry.forward, key=kf, **kw)
-        out_b = bwd.apply(params.backward, xs, carry.backward, key=kb, **kw)
+        out_f = _labelled(".forward", "forward", fwd.apply, params.forward, xs, carry.forward,
+                          reset_to=reset_to.forward, key=kf, **kw)
+        out_b = _labelled(".backward", "backward", bwd.apply, params.backward, xs, carry.backward,
+                          reset_to=reset_to.backward, key=kb, **kw)
         ys, new = merge_fn(out_f[0], out_b[0]), BidirectionalCarry(out_f[1], out_b[1])
         return (ys, new, {"forward": out_f[2], "backward": out_b[2]}) if return_gates else (ys, new)
 

@@ -246,6 +246,7 @@ def unroll(
                               "an attention decoder whose carry holds its memory)", batch)
         else:
             _checks.carry(cell, params, reset_to, batch, name="reset_to")
+            _checks.tree_like("reset_to", reset_to, jax.eval_shape(lambda: carry), "the carry", batch)
     elif reset_to is not None:
         raise ValueError("`reset_to` is the carry that `resets` restore; pass `resets` with it.")
     unroll = _checks.unroll_factor(unroll)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 import helpers  # tests/helpers.py
 import lstm_jax as lj
@@ -399,6 +400,9 @@ def test_learned_initial_carry_starts_and_resets_every_sequence():
     got = jax.grad(loss_layer)(params).initial_carry
     helpers.assert_trees_close(got, jax.grad(loss_by_hand)(params.initial_carry), **TOL)
     assert float(jnp.abs(got.hidden).sum()) > 0
+    # and independently of any hand-written backward: central differences on the layer
+    check_grads(lambda c: loss_layer(params._replace(initial_carry=c)), (params.initial_carry,), order=1,
+                modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 def test_learned_initial_carry_skips_integer_carry_leaves():
@@ -477,15 +481,17 @@ def test_reverse_with_traced_lengths_past_T_acts_as_T():
 
 NAN_CELLS = {
     "lstm": lambda: lj.lstm(H), "lstm_peephole": lambda: lj.lstm(H, peephole=True), "gru": lambda: lj.gru(H),
-    "rnn": lambda: lj.rnn(H), "layer_norm": lambda: lj.lstm(H, layer_norm=True),
+    "rnn": lambda: lj.rnn(H), "layer_norm": lambda: lj.lstm(H, layer_norm=True), "slstm": lambda: lj.slstm(H),
+    "mlstm": lambda: lj.mlstm(H, num_heads=2), "min_gru": lambda: lj.min_gru(H), "min_lstm": lambda: lj.min_lstm(H),
 }
 
 
-@pytest.mark.parametrize("impl", ["auto", "scan"])
-@pytest.mark.parametrize("name", sorted(NAN_CELLS))
+@pytest.mark.parametrize("name, impl", [(name, impl) for name, make in sorted(NAN_CELLS.items())
+                                         for impl in ("auto", "scan", *(n for n, f in make().forms.items() if f.lengths))])
 def test_non_finite_padding_changes_no_value_and_no_gradient(name, impl):
     """Defect b: NaN or Inf past ``lengths`` poisoned every weight gradient although the
-    outputs were finite. Padding must not influence values or gradients at all."""
+    outputs were finite (every cell, the fused path too). Padding must not influence values or
+    gradients at all, on the scan and on every form that takes lengths."""
     cell = NAN_CELLS[name]()
     params, xs = setup(cell)
     lengths = jnp.array([T, 2, 0])
@@ -531,3 +537,139 @@ def test_checked_mode_checks_traced_values_and_costs_nothing_when_off():
     checked(params, xs.at[1, 4, 0].set(jnp.nan), jnp.array([6, 2, 0]))  # NaN in padding: fine
     off = str(jax.make_jaxpr(lambda p, x, n: lj.unroll(cell, p, x, lengths=n))(params, xs, jnp.array([6, 2, 0])))
     assert "check" not in off and "callback" not in off
+
+
+def test_a_function_traced_under_checked_still_runs_plainly():
+    """jit caches the trace made inside checked(); called directly afterwards it must run."""
+    cell = lj.lstm(H)
+    params, xs = setup(cell)
+    f = jax.jit(lambda p, x, n: jnp.sum(lj.unroll(cell, p, x, lengths=n)[0]))
+    n = jnp.array([6, 2, 0])
+    want = lj.checked(f)(params, xs, n)
+    np.testing.assert_allclose(f(params, xs, n), want)
+    np.testing.assert_allclose(f(params, xs, jnp.array([9, 2, 0])), f(params, xs, jnp.array([6, 2, 0])))
+
+
+# ------------------------------------------------------------------------------ review fixes
+
+def test_cells_and_layers_are_static_pytrees():
+    """A Cell is a pytree without leaves: tree maps do not walk into its functions, and an
+    Equinox module holding one jit-compiles once for equal cells."""
+    cell = lj.lstm(H)
+    assert jax.tree.leaves({"cell": cell, "layer": lj.layer(cell), "x": 1.0}) == [1.0]
+    eqx = pytest.importorskip("equinox")
+
+    class Holder(eqx.Module):
+        cell: lj.Cell
+        params: lj.LSTMParams
+
+        def __call__(self, xs):
+            return lj.unroll(self.cell, self.params, xs)[0]
+
+    params, xs = setup(cell)
+    traces = []
+
+    @eqx.filter_jit
+    def run(module, xs):
+        traces.append(1)
+        return module(xs)
+
+    np.testing.assert_array_equal(run(Holder(lj.lstm(H), params), xs), run(Holder(lj.lstm(H), params), xs))
+    assert len(traces) == 1
+
+
+def test_numpy_float64_inputs_are_float32_without_x64():
+    """With x64 off (JAX's default) a NumPy float64 array becomes float32, as JAX does."""
+    script = """
+import jax, numpy as np, lstm_jax as lj
+cell = lj.lstm(4)
+p = cell.init(jax.random.key(0), 3)
+p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+ys, carry = lj.unroll(cell, p64, np.random.randn(2, 5, 3), jax.tree.map(np.asarray, cell.init_carry(p, (2,))))
+assert ys.dtype == np.float32, ys.dtype
+print("ok")
+"""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"JAX_PLATFORMS": "cpu"})
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_jax_errors_inside_a_stack_keep_their_type():
+    """A cell that branches in Python on a traced value: JAX's error, not a relabelling failure."""
+
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class Branchy(lj.CellConfig):
+        constructor = "branchy"
+        hidden_size: int
+
+        def build(self):
+            inner = lj.rnn(self.hidden_size)
+
+            def recur(params, carry, px, *, aux=False):
+                if jnp.sum(px) > 0:  # a Python branch on a tracer
+                    pass
+                return inner.recur(params, carry, px, aux=aux)
+
+            return make_cell(self, init=lambda key, n, dtype: inner.init(key, n, dtype=dtype),
+                             init_carry=inner.init_carry, project=inner.project, recur=recur)
+
+    net = lj.stack([lj.rnn(H), Branchy(H).build()])
+    params = net.init(KEY, I, dtype=F64)
+    with pytest.raises(jax.errors.ConcretizationTypeError) as info:
+        net.apply(params, XS)
+    assert "(in layers[1])" in getattr(info.value, "__notes__", [])
+
+
+def test_unroll_true_is_not_unroll_one():
+    assert lj.layer(PLAIN, unroll=True) != lj.layer(PLAIN)
+    assert repr(lj.layer(PLAIN, unroll=True)) == "layer(lstm(4), unroll='all')"
+
+
+def test_reset_to_passes_through_layers():
+    _, xs = setup(lj.lstm(H))
+    resets = jnp.zeros((B, T), bool).at[:, 3].set(True)
+    for net in (lj.stack([lj.lstm(H), lj.gru(H)]), lj.bidirectional(lj.lstm(H), lj.gru(H))):
+        params = net.init(KEY, I, dtype=F64)
+        target = helpers.perturb(net.init_carry(params, (B,)), np.random.default_rng(0))
+        ys, _ = net.apply(params, xs, resets=resets, reset_to=target)
+        default, _ = net.apply(params, xs, resets=resets)
+        assert not np.allclose(ys, default)  # the target was used
+        if isinstance(net.config, lj.StackConfig):  # by hand: each layer restores its own target
+            h, _ = lj.unroll(lj.lstm(H), params[0], xs, resets=resets, reset_to=target[0])
+            h, _ = lj.unroll(lj.gru(H), params[1], h, resets=resets, reset_to=target[1])
+            helpers.assert_trees_close(ys, h, **TOL)
+    dec = lj.attention_decoder(H, memory_size=2)
+    net = lj.layer(dec)
+    p = net.init(KEY, I, dtype=F64)
+    start = net.init_carry(p, memory=jnp.ones((B, 5, 2), F64))
+    out, _ = net.apply(p, xs, start, resets=resets, reset_to=start)
+    assert out.weights.shape == (B, T, 5)
+    wrong = net.init_carry(p, memory=jnp.ones((B, 7, 2), F64))
+    with pytest.raises(ValueError, match=re.escape("`reset_to.memory.values` must have shape (3, 5, 2)")):
+        net.apply(p, xs, start, resets=resets, reset_to=wrong)
+
+
+def test_bidirectional_errors_name_the_direction():
+    net = lj.bidirectional(lj.lstm(H), lj.gru(H))
+    params = net.init(KEY, I, dtype=F64)
+    bad = params._replace(backward=params.backward._replace(w_h=params.backward.w_h[:, :4]))
+    with pytest.raises(ValueError, match=re.escape("`params.backward.w_h` has shape (4, 4), but gru(4) needs")):
+        net.apply(bad, XS)
+
+
+def test_replace_derives_defaults_again():
+    dec = lj.attention_decoder(16, memory_size=8)
+    assert dec.config.replace(hidden_size=32) == lj.attention_decoder(32, memory_size=8).config
+    assert dec.config.replace(style="bahdanau").build() == lj.attention_decoder(16, memory_size=8, style="bahdanau")
+    grid = lj.grid_lstm(4, 2, depth_lstm=False)
+    assert grid.config.replace(depth_lstm=True).build() == lj.grid_lstm(4, 2)
+
+
+def test_library_initialisers_compare_by_value():
+    inits = lj.initializers
+    assert lj.lstm(8, kernel_init=inits.glorot_uniform()) == lj.lstm(8, kernel_init=inits.glorot_uniform())
+    assert inits.lecun_normal() == inits.lecun_normal() and inits.pytorch_uniform(4) == inits.pytorch_uniform(4)
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(inits.glorot_uniform()(key, (5, 7), F64),
+                                  jax.nn.initializers.glorot_uniform()(key, (5, 7), F64))

@@ -26,6 +26,15 @@ def test_readout_reads_last_valid_step():
     assert every.shape == (3, 6, 3)
 
 
+def test_readout_with_traced_lengths_past_T_reads_the_last_step():
+    """As in unroll, lengths past T act as T under jit (an index past T - 1 used to read NaN)."""
+    model = readout(lj.lstm(5), 3, at="last")
+    params = model.init(jax.random.key(0), 4, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, 4), jnp.float64)
+    got = jax.jit(lambda p, n: model.apply(p, xs, lengths=n))(params, jnp.array([6, 5]))
+    np.testing.assert_allclose(got, model.apply(params, xs), atol=1e-12)
+
+
 def test_readout_is_a_typed_hashable_model():
     model = readout(lj.gru(4), 2)
     assert isinstance(model, Model) and model.body == lj.layer(lj.gru(4))

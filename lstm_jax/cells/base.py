@@ -3,6 +3,7 @@ wrapper and the checks of common config fields."""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from typing import Any, Callable, Mapping
 
@@ -62,6 +63,13 @@ def or_default(value: Any, default: Callable[[], Any]) -> Any:
 
 
 def set_fields(config: CellConfig, **values: Any) -> None:
-    """Stores checked, normalised values on a frozen config (from its ``__post_init__``)."""
+    """Stores checked, normalised values on a frozen config (from its ``__post_init__``).
+
+    The values as given are kept aside (not a field: no part of equality, hash or repr), so
+    that :meth:`~lstm_jax.CellConfig.replace` starts again from what the user said rather
+    than from defaults that were derived from other fields (an output size taken from
+    ``hidden_size``, say)."""
+    if "_given" not in vars(config):
+        object.__setattr__(config, "_given", {f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
     for name, value in values.items():
         object.__setattr__(config, name, value)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from lstm_jax import _checks
-from lstm_jax.cell import Cell
+from lstm_jax.cell import Cell, static_pytree
 from lstm_jax.layers import Layer, layer
 
 Array = jax.Array
@@ -22,6 +22,7 @@ class ReadoutParams(NamedTuple):
     b: Array  # [K]
 
 
+@static_pytree
 class Model(NamedTuple):
     """A sequence layer with a linear readout: what :func:`readout` returns.
 
@@ -105,8 +106,9 @@ def readout(body: Cell | Layer, output_size: int, *, at: str = "last") -> Model:
         ys = out[0]  # [..., T, O]
         if at == "last":
             T = ys.shape[-2]
+            # lengths past T act as T (as in unroll): an index past T - 1 would read NaN fill
             last = (jnp.full(ys.shape[:-2], T - 1, jnp.int32) if lengths is None
-                    else jnp.maximum(jnp.asarray(lengths).astype(jnp.int32) - 1, 0))
+                    else jnp.clip(jnp.asarray(lengths).astype(jnp.int32), 1, T) - 1)
             ys = jnp.take_along_axis(ys, last[..., None, None], axis=-2)[..., 0, :]  # [..., O]
         predictions = ys @ params.w + params.b
         return (predictions, out[2]) if return_gates else predictions
