@@ -11,8 +11,11 @@ The pieces: :class:`Cell` (``lstm_jax.cell``), :func:`unroll` (the one evaluator
 sequence, with its forms), layers (:func:`layer`, :func:`stack`, :func:`bidirectional`),
 the cells (:mod:`lstm_jax.cells`, one module per family), kernels (:mod:`lstm_jax.kernels`),
 models (:mod:`lstm_jax.models`), and on top: :mod:`lstm_jax.train`, :mod:`lstm_jax.data`,
-:mod:`lstm_jax.interop`.
+:mod:`lstm_jax.interop`; Flax NNX / Linen and Equinox modules in :mod:`lstm_jax.nnx`,
+:mod:`lstm_jax.linen` and :mod:`lstm_jax.eqx` (``lj.nnx``..., imported on first use).
 """
+
+import importlib as _importlib
 
 from lstm_jax import initializers
 from lstm_jax._checks import checked
@@ -98,6 +101,15 @@ from lstm_jax.ops import masked_softmax
 from lstm_jax.unroll import UnrollAux, reverse_within_lengths, unroll
 
 __version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    """``lj.nnx``, ``lj.linen``, ``lj.eqx``: the Flax NNX, Linen and Equinox modules, imported on
+    first use (so that ``import lstm_jax`` needs neither Flax nor Equinox)."""
+    if name in ("eqx", "linen", "nnx"):
+        return _importlib.import_module(f"lstm_jax.{name}")
+    raise AttributeError(f"module 'lstm_jax' has no attribute {name!r}")
+
 
 __all__ = [  # sorted
     "AdditiveAttentionConfig", "AdditiveParams", "Attention", "AttentionDecoderConfig",
