@@ -182,7 +182,6 @@ class Cell(NamedTuple):
         """
         from lstm_jax import _checks  # the contract module imports no machinery at import time
 
-        batch_shape = _checks.step_arguments(self, params, carry, x)
-        del batch_shape
+        _checks.step_arguments(self, params, carry, x)
         return self.recur(params, carry, self.project(params, x))
 
