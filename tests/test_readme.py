@@ -59,6 +59,8 @@ def test_bash_commands_name_what_exists(command):
         words = words[1:]
     if words[0] == "make":
         assert words[1] in MAKE_TARGETS, command
+    elif words[:3] == ["pip", "install", "--no-deps"]:
+        assert words[3] in (ROOT / "Makefile").read_text(), command  # the pin that make installs
     elif words[:3] == ["pip", "install", "-e"]:
         extra = re.fullmatch(r"\.(?:\[(\w+)\])?", words[3])
         assert extra and (extra.group(1) is None or extra.group(1) in EXTRAS), command

@@ -1,6 +1,9 @@
 """Data for experiments: synthetic long-lag tasks generated on the fly from a PRNG key, and
-the tasks' evaluation protocols (:mod:`lstm_jax.data.tasks`)."""
+the tasks' evaluation protocols (:mod:`lstm_jax.data.tasks`); host-side batch sources read by
+training step (:mod:`lstm_jax.data.batches`); text corpora for character-level language
+models, read offline (:mod:`lstm_jax.data.text`)."""
 
+from lstm_jax.data.batches import ArrayBatches, BatchSource, StreamBatches, TextChunk
 from lstm_jax.data.synthetic import (
     ADDING_BASELINE_MSE,
     Batch,
@@ -11,6 +14,8 @@ from lstm_jax.data.synthetic import (
     temporal_order,
 )
 from lstm_jax.data.tasks import TASKS, Task, get_task
+from lstm_jax.data.text import Corpus, Vocab, play_text, shakespeare, text_file
 
-__all__ = ["ADDING_BASELINE_MSE", "Batch", "TASKS", "Task", "adding_problem", "adding_problem_1997",
-           "copy_memory", "copy_memory_baseline", "get_task", "temporal_order"]
+__all__ = ["ADDING_BASELINE_MSE", "ArrayBatches", "Batch", "BatchSource", "Corpus", "StreamBatches", "TASKS",
+           "Task", "TextChunk", "Vocab", "adding_problem", "adding_problem_1997", "copy_memory",
+           "copy_memory_baseline", "get_task", "play_text", "shakespeare", "temporal_order", "text_file"]
