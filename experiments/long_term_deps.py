@@ -8,6 +8,7 @@ papers' criterion, the steps and the wall time. Writes ``results.json``, ``resul
     python experiments/long_term_deps.py            # CPU size: adding at T = 50, 100, 200 (~5 min, 2 cores)
     python experiments/long_term_deps.py --full     # every task, T up to 1000 (an accelerator)
     python experiments/long_term_deps.py --tasks copy --lengths 100 --models lstm,gru --resume
+    python experiments/long_term_deps.py --full --progress 100 > log.txt 2>&1   # a line every 100 steps
 
 Reads top to bottom: arguments, then for each run: task, model, loss, evaluation, training
 (``lstm_jax.train.fit``: jitted data-parallel update, clipping, checkpoints), then the report.
@@ -58,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/long_term_deps", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the runs found in --out")
+    p.add_argument("--progress", type=int, default=None, metavar="N",
+                   help="when stderr is not a terminal, a progress line every N steps (default: every "
+                        "metrics interval, steps/20); on a terminal, a progress bar")
     args = p.parse_args(argv)
     base = FULL if args.full else DEFAULTS
     for k, v in base.items():
@@ -72,7 +76,7 @@ def parse_args(argv=None):
         unknown = [n for n in names if n not in known]
         if unknown:
             p.error(f"{flag}: unknown {unknown}; choose from {sorted(known)}")
-    for flag in ("hidden", "batch", "steps", "test_size"):
+    for flag in ("hidden", "batch", "steps", "test_size") + (("progress",) if args.progress is not None else ()):
         if getattr(args, flag) <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if any(t <= 0 for t in args.lengths):
@@ -131,7 +135,7 @@ def run_one(task_name: str, length: int, model_name: str, args) -> dict:
                test_size=args.test_size, derivative_clip=options.get("derivative_clip"))
     workdir = pathlib.Path(args.out) / "runs" / f"{task_name}_T{length}_{model_name}"
     result = fit(loss_fn, params, lambda k: task.sample(k, args.batch, length), config, eval_fn=eval_fn,
-                 workdir=workdir, resume=args.resume, run_config=run,
+                 workdir=workdir, resume=args.resume, run_config=run, progress=args.progress,
                  description=f"{task_name} T={length} {model_name}")
     train_losses = [h["loss"] for h in result.history if "loss" in h]
     metric = result.final_eval[task.metric]

@@ -99,15 +99,15 @@ def test_resume_refuses_another_config_and_overwrite_is_refused(tmp_path):
         fit(loss_fn, params, batch_fn, config, workdir=tmp_path, run_config={"model": "lstm"})
     with pytest.raises(ValueError, match="different configuration \\(model: 'lstm' there, 'gru' now\\)"):
         fit(loss_fn, params, batch_fn, config, workdir=tmp_path, resume=True, run_config={"model": "gru"})
-    with pytest.raises(ValueError, match="train: "):
-        fit(loss_fn, params, batch_fn, TrainConfig(steps=3, log_every=1), workdir=tmp_path, resume=True,
-            run_config={"model": "lstm"})
+    with pytest.raises(ValueError, match="different configuration \\(train.learning_rate: 0.001 there, 0.01 now\\)"):
+        fit(loss_fn, params, batch_fn, TrainConfig(steps=2, log_every=1, learning_rate=1e-2), workdir=tmp_path,
+            resume=True, run_config={"model": "lstm"})
     done = fit(loss_fn, params, batch_fn, config, workdir=tmp_path, resume=True, run_config={"model": "lstm"})
     assert done.start_step == 2  # a finished run resumes to its end
 
 
 SHARDED = textwrap.dedent("""
-    import json, jax, numpy as np
+    import json, sys, jax, numpy as np
     import lstm_jax as lj
     from lstm_jax.data import get_task
     from lstm_jax.models import readout
@@ -125,13 +125,27 @@ SHARDED = textwrap.dedent("""
         fit(loss_fn, params, lambda k: task.sample(k, 6, 10), TrainConfig(steps=1, num_devices=4))
     except ValueError as e:
         out["error"] = str(e)
+    # a host source, and a stateful run whose carry is sharded like the batch
+    sys.path.insert(0, TESTS)
+    from train_problems import StreamSource, stream_model
+    net, p0, stateful_loss, _ = stream_model()
+    for n in (1, 4):
+        r = fit(stateful_loss, p0, StreamSource(8, 3, 2), TrainConfig(steps=3, log_every=1, num_devices=n),
+                carry=net.init_carry(p0.body, (8,)), progress=False)
+        out[f"host{n}"] = {"loss": [h["loss"] for h in r.history], "carry_spec": str(r.carry.hidden.sharding.spec),
+                           "params": [np.asarray(x).tolist() for x in jax.tree.leaves(r.params)]}
+    try:
+        fit(stateful_loss, p0, StreamSource(6, 3, 2), TrainConfig(steps=1, num_devices=4), carry=net.init_carry(p0.body, (6,)))
+    except ValueError as e:
+        out["host_error"] = str(e)
     print(json.dumps(out))
 """)
 
 
 def test_sharded_over_four_devices_equals_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    script = f"TESTS = {os.path.dirname(__file__)!r}\n" + SHARDED
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4
@@ -139,6 +153,11 @@ def test_sharded_over_four_devices_equals_one_device():
     for a, b in zip(out["4"]["params"], out["1"]["params"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert "must be divisible by the number of devices (4)" in out["error"] and "(6, 10, 2)" in out["error"]
+    np.testing.assert_allclose(out["host4"]["loss"], out["host1"]["loss"], rtol=1e-5)
+    for a, b in zip(out["host4"]["params"], out["host1"]["params"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert out["host4"]["carry_spec"] == "P('data',)"
+    assert out["host_error"] == "the batch size (6) must be divisible by the number of devices (4) to shard it."
 
 
 def test_schedules():
@@ -161,9 +180,10 @@ def test_nan_loss_stops_training_before_any_checkpoint(tmp_path):
     assert not list((tmp_path / "checkpoints").iterdir())
 
 
-def test_progress_bar_is_quiet_off_a_terminal(capsys):
+def test_progress_false_is_quiet(capsys):
+    """(Off a terminal the default is a line per metrics record: tests/test_train_faults.py.)"""
     loss_fn, params, batch_fn, _ = problem()
-    fit(loss_fn, params, batch_fn, TrainConfig(steps=2, log_every=1), description="quiet-please")
+    fit(loss_fn, params, batch_fn, TrainConfig(steps=2, log_every=1), description="quiet-please", progress=False)
     assert "quiet-please" not in capsys.readouterr().err
 
 

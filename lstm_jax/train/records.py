@@ -12,7 +12,7 @@ import math
 import os
 import pathlib
 import tempfile
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 
 def to_jsonable(value: Any) -> Any:
@@ -60,6 +60,10 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drops records past ``step`` (and any torn last line), for a resumed run."""
+        self.keep(lambda record: record.get("step", 0) <= step)
+
+    def keep(self, predicate: Callable[[dict], bool]) -> None:
+        """Keeps only the records for which ``predicate`` holds (and drops any torn last line)."""
         if not self.path.exists():
             return
         kept = []
@@ -68,7 +72,7 @@ class MetricsLog:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line torn by a kill
                 continue
-            if record.get("step", 0) <= step:
+            if predicate(record):
                 kept.append(line + "\n")
         write_text(self.path, "".join(kept))
 
