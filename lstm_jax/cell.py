@@ -169,19 +169,22 @@ class Cell(NamedTuple):
     def output_size(self) -> int:
         return self.config.output_size
 
-    def step(self, params: Params, carry: Carry, x: Any) -> tuple[Carry, Any]:
+    def step(self, params: Params, carry: Carry, x: Any, *, return_gates: bool = False) -> tuple:
         """One time step from raw input, with params, input and carry checked.
 
         Args:
           params: the cell's parameters.
           carry: the carry, leaves ``[..., *]``.
           x: ``[..., I]`` input at this step.
+          return_gates: also return the step's gate activations (``recur(..., aux=True)``).
 
         Returns:
-          ``(carry, y)`` with ``y`` of shape ``[..., O]``.
+          ``(carry, y)`` with ``y`` of shape ``[..., O]``; with ``return_gates``
+          ``(carry, y, gates)``.
         """
         from lstm_jax import _checks  # the contract module imports no machinery at import time
 
         _checks.step_arguments(self, params, carry, x)
-        return self.recur(params, carry, self.project(params, x))
+        px = self.project(params, x)
+        return self.recur(params, carry, px, aux=True) if return_gates else self.recur(params, carry, px)
 

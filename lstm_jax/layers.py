@@ -7,8 +7,8 @@ A :class:`Layer` is a complete sequence model, combinable like ``stax.serial``:
 * ``apply(params, xs, carry=None, *, lengths=None, resets=None, reset_to=None, key=None,
   return_gates=False) -> (ys, carry)`` (``(ys, carry, gates)`` with ``return_gates``);
   ``reset_to`` is the carry ``resets`` restore, structured like ``carry``
-* ``step(params, carry, x_t) -> (carry, y_t)``: one step of a forward layer or stack (dropout
-  off), for generation.
+* ``step(params, carry, x_t, *, return_gates=False) -> (carry, y_t[, gates])``: one step of a
+  forward layer or stack (dropout off), for generation.
 
 ``xs`` is ``[..., T, I]`` (``[T, ..., I]`` for a time-major layer) and ``ys`` is
 ``[..., T, output_size]``. ``key`` is only consumed by dropout (and by cells that draw noise):
@@ -294,12 +294,12 @@ def layer(
                       return_gates=return_gates, **options)
         return (out[0], out[1], out[2].gates) if return_gates else out
 
-    def step(params, carry, x):
+    def step(params, carry, x, *, return_gates=False):
         if reverse:
             raise ValueError(f"{config!r} reads its sequence backwards, so it cannot step forwards one input "
                              "at a time; use apply on the whole sequence.")
         cell_params, _ = split(params)
-        return cell.step(cell_params, carry, x)
+        return cell.step(cell_params, carry, x, return_gates=return_gates)
 
     return Layer(config=config, init=init, init_carry=init_carry, apply=apply, step=step)
 
@@ -370,13 +370,16 @@ def stack(layers: Sequence[Cell | Layer], *, dropout_rate: float = 0.0, **layer_
                 gates.append(out[2])
         return (xs, tuple(new_carry), tuple(gates)) if return_gates else (xs, tuple(new_carry))
 
-    def step(params, carry, x):
+    def step(params, carry, x, *, return_gates=False):
         check(params, carry)
-        new_carry = []
+        new_carry, gates = [], []
         for i, (l, p, c) in enumerate(zip(layers, params, carry)):
-            c, x = _labelled(f"[{i}]", f"layers[{i}]", l.step, p, c, x)
+            out = _labelled(f"[{i}]", f"layers[{i}]", l.step, p, c, x, return_gates=return_gates)
+            c, x = out[0], out[1]
             new_carry.append(c)
-        return tuple(new_carry), x
+            if return_gates:
+                gates.append(out[2])
+        return (tuple(new_carry), x, tuple(gates)) if return_gates else (tuple(new_carry), x)
 
     return Layer(config=config, init=init, init_carry=init_carry, apply=apply, step=step)
 
@@ -463,7 +466,7 @@ def bidirectional(fwd: Cell | Layer, bwd: Cell | Layer, *, merge: str = "concat"
         ys, new = merge_fn(out_f[0], out_b[0]), BidirectionalCarry(out_f[1], out_b[1])
         return (ys, new, {"forward": out_f[2], "backward": out_b[2]}) if return_gates else (ys, new)
 
-    def step(params, carry, x):
+    def step(params, carry, x, *, return_gates=False):
         raise ValueError(f"{config!r} cannot step: its backward half reads the sequence from the end, so it "
                          "needs the whole sequence; use apply.")
 

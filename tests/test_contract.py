@@ -426,6 +426,13 @@ def test_stack_step_by_step_equals_apply():
         steps.append(y)
     helpers.assert_trees_close(jnp.stack(steps, axis=1), ys, **TOL)
     helpers.assert_trees_close(carry, final, **TOL)
+    # the gates of each step, per layer, equal those of the whole sequence
+    _, _, gates = net.apply(params, xs, return_gates=True)
+    carry, stepped = net.init_carry(params, (B,)), []
+    for t in range(T):
+        carry, _, g = net.step(params, carry, xs[:, t], return_gates=True)
+        stepped.append(g)
+    helpers.assert_trees_close(jax.tree.map(lambda *a: jnp.stack(a, axis=1), *stepped), gates, **TOL)
 
 
 def test_gates_are_reachable_through_every_layer_kind():
