@@ -96,7 +96,16 @@ from lstm_jax.layers import (
     layer,
     stack,
 )
-from lstm_jax.models import readout, seq2seq
+from lstm_jax.models import (
+    LanguageModel,
+    LanguageModelConfig,
+    LanguageModelParams,
+    generate,
+    language_model,
+    readout,
+    seq2seq,
+)
+from lstm_jax.io import export_step, load, save
 from lstm_jax.ops import masked_softmax
 from lstm_jax.unroll import UnrollAux, reverse_within_lengths, unroll
 
@@ -117,12 +126,14 @@ __all__ = [  # sorted
     "BidirectionalConfig", "BidirectionalParams", "Cell", "CellConfig", "ClockworkConfig", "ClockworkParams",
     "ClockworkState", "DecoderOutput", "DepthGatedInput", "DepthGatedLSTMConfig", "DepthGatedLSTMParams",
     "GREFF_VARIANTS", "GRUConfig", "GRUParams", "GRUState", "GridLSTMConfig", "GridLSTMInput", "GridLSTMParams",
-    "GridLSTMState", "LSTMConfig", "LSTMParams", "LSTMState", "Layer", "LayerConfig", "LearnedCarryParams",
-    "MLSTMConfig", "MLSTMParams", "MLSTMState", "MUTConfig", "MUTParams", "MinGRUConfig", "MinGRUParams",
-    "MinLSTMConfig", "MinLSTMParams", "MinimalState", "MultiplicativeAttentionConfig", "MultiplicativeParams",
-    "RNNConfig", "RNNParams", "RNNState", "Resets", "SLSTMConfig", "SLSTMParams", "SLSTMState", "SequenceForm",
-    "StackConfig", "UnrollAux", "additive_attention", "attention_decoder", "bidirectional", "cell_by_name",
-    "checked", "clockwork", "depth_gated_lstm", "dropout", "greff_variant", "grid_lstm", "gru", "initializers",
-    "layer", "lstm", "masked_softmax", "min_gru", "min_lstm", "mlstm", "multiplicative_attention", "mut1",
-    "mut2", "mut3", "readout", "reverse_within_lengths", "rnn", "seq2seq", "slstm", "stack", "unroll",
+    "GridLSTMState", "LSTMConfig", "LSTMParams", "LSTMState", "LanguageModel", "LanguageModelConfig",
+    "LanguageModelParams", "Layer", "LayerConfig", "LearnedCarryParams", "MLSTMConfig", "MLSTMParams",
+    "MLSTMState", "MUTConfig", "MUTParams", "MinGRUConfig", "MinGRUParams", "MinLSTMConfig", "MinLSTMParams",
+    "MinimalState", "MultiplicativeAttentionConfig", "MultiplicativeParams", "RNNConfig", "RNNParams",
+    "RNNState", "Resets", "SLSTMConfig", "SLSTMParams", "SLSTMState", "SequenceForm", "StackConfig",
+    "UnrollAux", "additive_attention", "attention_decoder", "bidirectional", "cell_by_name", "checked",
+    "clockwork", "depth_gated_lstm", "dropout", "export_step", "generate", "greff_variant", "grid_lstm", "gru",
+    "initializers", "language_model", "layer", "load", "lstm", "masked_softmax", "min_gru", "min_lstm", "mlstm",
+    "multiplicative_attention", "mut1", "mut2", "mut3", "readout", "reverse_within_lengths", "rnn", "save",
+    "seq2seq", "slstm", "stack", "unroll",
 ]
