@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test install clean
+.PHONY: run lm test install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python experiments/long_term_deps.py $(ARGS)
+
+lm: $(STAMP)
+	$(BIN)/python experiments/char_lm.py $(ARGS)
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 -q $(ARGS)
