@@ -52,7 +52,8 @@ from lstm_jax.data import Corpus, StreamBatches, shakespeare, text_file
 from lstm_jax.io import save as save_model
 from lstm_jax.models import generate, language_model
 from lstm_jax.models.language_model import at_least_float32
-from lstm_jax.train import TrainConfig, data_parallel_mesh, fit, markdown_table, write_json, write_text
+from lstm_jax.train import data_parallel_mesh, fit, markdown_table, write_json, write_text
+from lstm_jax.train.cli import add_run_arguments, fill_defaults, train_config
 
 TORCH_CELLS = ("rnn", "gru", "lstm")  # "torch_<cell>": the same model in PyTorch (nn.RNN / nn.GRU / nn.LSTM)
 DEFAULTS = dict(models="lstm,gru,rnn,torch_lstm", layers=1, hidden=256, embed=64, batch=32, chunk=100,
@@ -78,10 +79,6 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS['lr']})")
     p.add_argument("--dropout", type=float, help="dropout between the layers and before the readout "
                                                  f"(default {DEFAULTS['dropout']})")
-    p.add_argument("--schedule", choices=["constant", "cosine", "warmup_cosine"],
-                   help=f"learning-rate schedule (default {DEFAULTS['schedule']})")
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--clip", type=float, default=1.0, help="global-norm gradient clipping (0: none)")
     p.add_argument("--eval-every", type=int, help="steps between evaluations of the validation split "
                                                   f"(default {DEFAULTS['eval_every']})")
     p.add_argument("--eval-batch", type=int, default=64, help="rows the evaluated splits are cut into")
@@ -98,19 +95,9 @@ def parse_args(argv=None):
     p.add_argument("--sample-length", type=int, default=400, help="characters per sample")
     p.add_argument("--text-file", default=None, help="train on a UTF-8 text file split 90/5/5 instead of the plays")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--checkpoint-every", type=int, default=1000)
-    p.add_argument("--num-devices", type=int, default=None, help="devices to shard the batch over (default all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/char_lm", help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue the runs found in --out")
-    p.add_argument("--progress", type=int, default=None, metavar="N",
-                   help="when stderr is not a terminal, a progress line every N steps (default: every "
-                        "metrics interval, steps/20); on a terminal, a progress bar")
+    add_run_arguments(p, out="results/char_lm")
     args = p.parse_args(argv)
-    base = FULL if args.full else DEFAULTS
-    for k, v in base.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    fill_defaults(args, FULL if args.full else DEFAULTS)
     args.models = args.models.split(",")
     try:
         args.ngram_orders = [int(n) for n in args.ngram_orders.split(",") if n.strip()]
@@ -146,13 +133,6 @@ def parse_args(argv=None):
     except (TypeError, ValueError) as e:
         p.error(str(e))
     return args
-
-
-def train_config(args) -> TrainConfig:
-    return TrainConfig(steps=args.steps, learning_rate=args.lr, schedule=args.schedule,
-                       warmup_steps=args.warmup_steps, clip_norm=args.clip or None,
-                       log_every=max(1, args.steps // 20), eval_every=args.eval_every,
-                       checkpoint_every=args.checkpoint_every, seed=args.seed, num_devices=args.num_devices)
 
 
 def build_model(cell_name: str, vocab_size: int, args):

@@ -27,13 +27,14 @@ import jax
 from lstm_jax.cells.registry import CELL_CONSTRUCTORS, cell_by_name
 from lstm_jax.data import TASKS, get_task
 from lstm_jax.models import readout
-from lstm_jax.train import TrainConfig, data_parallel_mesh, fit, markdown_table, write_json, write_text
+from lstm_jax.train import data_parallel_mesh, fit, markdown_table, write_json, write_text
+from lstm_jax.train.cli import add_run_arguments, fill_defaults, train_config
 
 DEFAULTS = dict(tasks="adding", lengths="50,100,200", models="rnn,lstm,gru", hidden=32, batch=64,
-                steps=3000, lr=1e-2, test_size=2560)
+                steps=3000, lr=1e-2, test_size=2560, schedule="constant")
 # The sweep for an accelerator: every task, the lengths of Arjovsky et al. and of the 1997 paper.
 FULL = dict(tasks=",".join(TASKS), lengths="50,100,200,400,1000", models="rnn,lstm,gru", hidden=128,
-            batch=128, steps=10000, lr=1e-3, test_size=2560)
+            batch=128, steps=10000, lr=1e-3, test_size=2560, schedule="constant")
 
 
 def parse_args(argv=None):
@@ -48,25 +49,12 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, help=f"optimiser steps per run (default {DEFAULTS['steps']})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS['lr']})")
     p.add_argument("--test-size", type=int, help=f"test sequences (default {DEFAULTS['test_size']})")
-    p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "warmup_cosine"])
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--clip", type=float, default=1.0, help="global-norm gradient clipping (0: none)")
     p.add_argument("--derivative-clip", type=float, default=None,
                    help="LSTM derivative clipping bound on the gate pre-activations (Graves 2013)")
     p.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (0: at the end)")
-    p.add_argument("--checkpoint-every", type=int, default=1000)
-    p.add_argument("--num-devices", type=int, default=None, help="devices to shard the batch over (default all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/long_term_deps", help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue the runs found in --out")
-    p.add_argument("--progress", type=int, default=None, metavar="N",
-                   help="when stderr is not a terminal, a progress line every N steps (default: every "
-                        "metrics interval, steps/20); on a terminal, a progress bar")
+    add_run_arguments(p, out="results/long_term_deps")
     args = p.parse_args(argv)
-    base = FULL if args.full else DEFAULTS
-    for k, v in base.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    fill_defaults(args, FULL if args.full else DEFAULTS)
     args.tasks, args.models = args.tasks.split(","), args.models.split(",")
     try:
         args.lengths = [int(t) for t in args.lengths.split(",")]
@@ -102,13 +90,6 @@ def cell_options(model_name: str, args) -> dict:
     if args.derivative_clip is None or not model_name.startswith("lstm"):
         return {}
     return {"derivative_clip": args.derivative_clip}
-
-
-def train_config(args) -> TrainConfig:
-    return TrainConfig(steps=args.steps, learning_rate=args.lr, schedule=args.schedule,
-                       warmup_steps=args.warmup_steps, clip_norm=args.clip or None,
-                       log_every=max(1, args.steps // 20), eval_every=args.eval_every,
-                       checkpoint_every=args.checkpoint_every, seed=args.seed, num_devices=args.num_devices)
 
 
 def run_one(task_name: str, length: int, model_name: str, args) -> dict:

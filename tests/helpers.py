@@ -1,6 +1,9 @@
 """Shared test helpers (tests/ is on sys.path under pytest, like reference.py)."""
 
 import functools
+import importlib.util
+import pathlib
+import sys
 
 import chex
 import jax
@@ -108,3 +111,15 @@ def traces_with_static(run, *calls):
 
     jitted = jax.jit(traced, static_argnums=0)
     return traces, [jitted(*call) for call in calls]
+
+
+def load_experiment(name):
+    """``experiments/<name>.py`` (a script, not a package) as the module ``experiments_<name>``,
+    registered in ``sys.modules`` as its dataclasses and sibling imports need."""
+    key = f"experiments_{name}"
+    if key not in sys.modules:
+        path = pathlib.Path(__file__).parent.parent / "experiments" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[key]

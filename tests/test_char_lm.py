@@ -3,11 +3,8 @@ baseline against hand-computed interpolated Kneser-Ney probabilities, the evalua
 the PyTorch twin step for step, and experiments/char_lm.py end to end (results, resume,
 saved models, a stated learning bound)."""
 
-import importlib.util
 import json
 import math
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,20 +12,14 @@ import numpy as np
 import pytest
 
 import lstm_jax as lj
+from helpers import load_experiment
 from lstm_jax.data import Vocab, text_file
 from lstm_jax.io import load as load_model
 
 
-def load(name):
-    """An experiment script as a module (registered, as its dataclasses need)."""
-    path = pathlib.Path(__file__).parent.parent / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-char_lm = load("char_lm")
-ngram = load("ngram_baseline")
+char_lm = load_experiment("char_lm")
+ngram = load_experiment("ngram_baseline")
 
 A, B, C, D = range(4)  # the toy vocabulary: "abcd"; "d" never occurs
 

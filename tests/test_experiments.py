@@ -1,29 +1,20 @@
 """The flagship experiment script end to end at toy size: results, table, plot, resume, and
 the messages for bad flags; the speed benchmark's choice of our implementations."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 import lstm_jax as lj
+from helpers import load_experiment
 
 
-def load(name):
-    """An experiment script as a module (registered, as its dataclasses need)."""
-    path = pathlib.Path(__file__).parent.parent / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-long_term_deps = load("long_term_deps")
-benchmark = load("benchmark")
+long_term_deps = load_experiment("long_term_deps")
+benchmark = load_experiment("benchmark")
 
 TINY = ["--lengths", "12", "--steps", "20", "--hidden", "8", "--batch", "8", "--test-size", "16",
         "--checkpoint-every", "10"]

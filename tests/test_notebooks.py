@@ -30,4 +30,4 @@ def test_notebook_is_committed_with_outputs_and_small(path):
 
 
 def test_there_is_a_notebook():
-    assert [p.name for p in NOTEBOOKS] == ["understanding_lstm.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["language_model.ipynb", "understanding_lstm.ipynb"]

@@ -259,14 +259,9 @@ def test_errors_name_the_argument():
 def test_generation_benchmark_runs_and_its_pytorch_peer_is_the_same_model(tmp_path):
     """experiments/generation_benchmark.py at toy size: every row timed, the JSON written, and
     PyTorch stepping our converted weights gives our first logits and greedy tokens."""
-    import importlib.util
     import json
-    import pathlib
 
-    path = pathlib.Path(__file__).parent.parent / "experiments" / "generation_benchmark.py"
-    spec = importlib.util.spec_from_file_location("experiments_generation_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = helpers.load_experiment("generation_benchmark")
     with jax.numpy_dtype_promotion("standard"), jax.enable_x64(False):  # as the script runs
         rows = bench.main(["--hidden", "8", "--embed", "4", "--vocab", "5", "--batch", "2", "--tokens", "4",
                            "--repeats", "1", "--layers", "2", "--torch-threads", "0",  # 0: leave torch's setting
