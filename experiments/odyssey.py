@@ -69,7 +69,7 @@ METRICS = {"chorales": "frame NLL (nats)", "text": "bits per character"}
 SQUARE_INPUT = ("mut1", "mut2")
 JOZEFOWICZ_MODELS = ("lstm_fb0", "lstm_fb1", "gru")
 
-DEFAULTS = dict(datasets="chorales,text", variants=",".join(VARIANTS), trials=4, steps=60, batch=16,
+DEFAULTS = dict(datasets="chorales,text", variants=",".join(VARIANTS), trials=10, steps=200, batch=16,
                 lr_range="1e-4,1e-1", hidden_range="16,64", max_noise=1.0, text_chars=40_000,
                 eval_chars=8_000, chunk=50, embed=32, max_frames=64, schedule="constant",
                 joz_lr=1e-2, joz_hidden=32, joz_noise=0.0, seeds=2)
