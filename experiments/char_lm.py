@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import math
 import pathlib
@@ -53,7 +52,7 @@ from lstm_jax.io import save as save_model
 from lstm_jax.models import generate, language_model
 from lstm_jax.models.language_model import at_least_float32
 from lstm_jax.train import data_parallel_mesh, fit, markdown_table, write_json, write_text
-from lstm_jax.train.cli import add_run_arguments, fill_defaults, train_config
+from lstm_jax.train.cli import add_run_arguments, fill_defaults, load_script, train_config
 
 TORCH_CELLS = ("rnn", "gru", "lstm")  # "torch_<cell>": the same model in PyTorch (nn.RNN / nn.GRU / nn.LSTM)
 DEFAULTS = dict(models="lstm,gru,rnn,torch_lstm", layers=1, hidden=256, embed=64, batch=32, chunk=100,
@@ -279,12 +278,7 @@ def sample(lm, params, corpus: Corpus, temperature: float, args) -> str:
 
 def _sibling(name: str):
     """Another script of experiments/ (not a package), imported by path."""
-    key = f"experiments_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, pathlib.Path(__file__).with_name(f"{name}.py"))
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    return load_script(pathlib.Path(__file__).with_name(f"{name}.py"))
 
 
 def run_torch(name: str, corpus: Corpus, evals: dict[str, EvalLayout], args) -> dict:

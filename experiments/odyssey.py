@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import math
 import os
@@ -59,7 +58,7 @@ from lstm_jax.cells.registry import CELL_CONSTRUCTORS, cell_by_name
 from lstm_jax.data import ArrayBatches, StreamBatches, shakespeare, text_file
 from lstm_jax.models import language_model, readout
 from lstm_jax.train import OPTIMIZERS, fit, markdown_table, write_json, write_text
-from lstm_jax.train.cli import add_run_arguments, fill_defaults, train_config
+from lstm_jax.train.cli import add_run_arguments, fill_defaults, load_script, train_config
 
 DATASETS = ("chorales", "text")
 VARIANTS = tuple(f"lstm_{v}" for v in GREFF_VARIANTS) + ("gru", "mut1", "mut2", "mut3", "rnn")
@@ -175,12 +174,7 @@ def parse_range(text, kind) -> tuple:
 
 def _sibling(name: str):
     """Another script of experiments/ (not a package), imported by path."""
-    key = f"experiments_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, pathlib.Path(__file__).with_name(f"{name}.py"))
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    return load_script(pathlib.Path(__file__).with_name(f"{name}.py"))
 
 
 _DATA: dict = {}

@@ -1,9 +1,7 @@
 """Shared test helpers (tests/ is on sys.path under pytest, like reference.py)."""
 
 import functools
-import importlib.util
 import pathlib
-import sys
 
 import chex
 import jax
@@ -12,6 +10,7 @@ import numpy as np
 import optax
 
 import lstm_jax as lj
+from lstm_jax.train.cli import load_script
 
 
 def assert_trees_close(actual, expected, *, rtol=1e-12, atol=1e-12, same_dtype=False):
@@ -114,12 +113,5 @@ def traces_with_static(run, *calls):
 
 
 def load_experiment(name):
-    """``experiments/<name>.py`` (a script, not a package) as the module ``experiments_<name>``,
-    registered in ``sys.modules`` as its dataclasses and sibling imports need."""
-    key = f"experiments_{name}"
-    if key not in sys.modules:
-        path = pathlib.Path(__file__).parent.parent / "experiments" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    """``experiments/<name>.py`` (a script, not a package) as the module ``experiments_<name>``."""
+    return load_script(pathlib.Path(__file__).parent.parent / "experiments" / f"{name}.py")

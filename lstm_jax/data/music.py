@@ -61,16 +61,14 @@ cached load about 0.3 s (most of it importing music21).
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax.data.text import SPLITS, _load, cache_directory
+from lstm_jax.data.text import SPLITS, _load, _save, cache_directory
 
 NUM_KEYS = 88
 LOWEST_MIDI = 21  # A0; key k is MIDI pitch LOWEST_MIDI + k, up to C8 = 108
@@ -204,12 +202,7 @@ def bach_chorales(*, cache_dir=None) -> PianoRolls:
     arrays = _load(path, keys)
     if arrays is None or arrays["format_version"].shape != () or int(arrays["format_version"]) != FORMAT_VERSION:
         arrays = _build_bach_chorales()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written to a temporary file then renamed, so that a concurrent reader never sees half a file.
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-            np.savez_compressed(f, **arrays)
-        os.chmod(f.name, 0o644)
-        os.replace(f.name, path)
+        _save(path, arrays)
     splits = {}
     for split in SPLITS:
         rolls = np.array(arrays[f"{split}_rolls"], np.uint8)

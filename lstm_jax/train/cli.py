@@ -13,6 +13,10 @@ An experiment script declares its own flags (model, data, sizes) and these::
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import pathlib
+import sys
+from types import ModuleType
 from typing import Any, Mapping
 
 from lstm_jax.train.config import SCHEDULES, TrainConfig
@@ -49,3 +53,20 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        warmup_steps=args.warmup_steps, clip_norm=args.clip or None,
                        log_every=max(1, args.steps // 20), eval_every=getattr(args, "eval_every", 0),
                        checkpoint_every=args.checkpoint_every, seed=args.seed, num_devices=args.num_devices)
+
+
+def load_script(path: str | pathlib.Path) -> ModuleType:
+    """The Python script at ``path`` (e.g. another of ``experiments/``, which is not a package)
+    as the module ``experiments_<stem>``, executed once and registered in ``sys.modules`` (as
+    its dataclasses and pickling need)."""
+    path = pathlib.Path(path)
+    key = f"experiments_{path.stem}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = sys.modules[key] = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]
+            raise
+    return sys.modules[key]
