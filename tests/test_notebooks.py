@@ -35,4 +35,4 @@ def test_notebook_is_committed_with_outputs_and_small(path):
 
 def test_there_is_a_notebook():
     assert [p.name for p in NOTEBOOKS] == ["attention.ipynb", "language_model.ipynb", "understanding_lstm.ipynb",
-                                           "variants.ipynb"]
+                                           "variants.ipynb", "which_variant.ipynb"]
