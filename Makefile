@@ -28,7 +28,7 @@ lm: $(STAMP)
 	$(BIN)/python experiments/char_lm.py $(ARGS)
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 --dist loadgroup -q $(ARGS)
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 -q $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,8 +4,10 @@ and every step of two chorales through music21's own chordify), the selection an
 pinned by their counts, the cache (written once, reused, rebuilt when stale), ``padded``,
 ``frame_nll`` against a float64 NumPy reference, and the error messages.
 
-The chorales are parsed once for the module (about 20 s) into a temporary cache directory."""
+The chorales are parsed once per test run (about 20 s) into a temporary cache directory that
+the test workers share."""
 
+import fcntl
 import importlib.metadata
 import importlib.util
 import os
@@ -18,8 +20,6 @@ import pytest
 
 from lstm_jax.data import PianoRolls, bach_chorales, frame_nll, music, padded
 
-# One worker runs this module (make test: --dist loadgroup), so the chorales are parsed once.
-pytestmark = pytest.mark.xdist_group("music")
 needs_music21 = pytest.mark.skipif(importlib.util.find_spec("music21") is None,
                                    reason=f"the Bach chorales need music21: `{music.MUSIC21_INSTALL}`")
 
@@ -30,21 +30,28 @@ def key(name: str) -> int:
     return pitch.Pitch(name).midi - 21
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The chorales loaded twice into a fresh cache directory, counting the builds."""
-    cache = tmp_path_factory.mktemp("music_cache")
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, worker_id):
+    """The chorales loaded twice into one cache directory shared by the test workers (xdist's
+    base temporary directory is theirs in common), under a lock, counting the builds of all
+    workers in ``builds.txt``: the first worker parses, the others read its file."""
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # under xdist: this run's, shared by its workers
+    cache = root / "music_cache"
     calls = []
     build = music._build_bach_chorales
-    with pytest.MonkeyPatch.context() as mp:
+    with open(root / "music_cache.lock", "w") as lock, pytest.MonkeyPatch.context() as mp:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         mp.setattr(music, "_build_bach_chorales", lambda: calls.append(1) or build())
         first = bach_chorales(cache_dir=cache)
         files_after_first = sorted(p.name for p in cache.iterdir())
         second = bach_chorales(cache_dir=cache)
-    return first, second, cache, files_after_first, len(calls)
+        with open(root / "music_builds.txt", "a") as counter:
+            counter.write("1\n" * len(calls))
+    return first, second, cache, files_after_first, root / "music_builds.txt"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rolls(built):
     return built[0]
 
@@ -168,7 +175,7 @@ def test_natural_order_compares_numbers_as_numbers():
 @needs_music21
 def test_cache_is_written_once_and_reused(built):
     first, second, cache, files, builds = built
-    assert builds == 1
+    assert builds.read_text() == "1\n"  # one build in all, by whichever worker came first
     assert sorted(p.name for p in cache.iterdir()) == files  # nothing rewritten, no temporary file left
     assert files == [f"bach_chorales-music21_{importlib.metadata.version('music21')}-v{music.FORMAT_VERSION}.npz"]
     for split in music.SPLITS:
