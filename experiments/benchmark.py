@@ -6,17 +6,19 @@ each peer's layout, and once per (cell, size, dtype) the peers' outputs are comp
 each is timed, forward and forward+backward (the gradient of ``sum(outputs)`` with respect to
 the parameters and the inputs), after compile and warm-up, as the median of ``--repeats`` runs
 with ``block_until_ready`` / ``torch.cuda.synchronize``. One process, one run: the table's
-ratios compare implementations measured minutes apart on the same machine.
+ratios compare implementations measured in the same minutes on the same machine: their timed
+runs are interleaved, one run of each implementation per round.
 
 Implementations (those that cannot run here are skipped with the reason printed):
 
 - ``lstm_jax``: ``unroll(lstm(H) | gru(H), params, xs, unroll=u)`` with the default
-  ``impl="auto"`` (the fused path with the hand-written backward), at ``--unroll`` (the
-  reference for the ratios) and at every factor of ``--unrolls``; plus one row per further
-  ``--impls`` entry at ``--unroll``: ``scan`` (the generic scan, differentiated by JAX: what
-  the fused path is measured against) or one of the cell's forms by name (``cell.forms``:
-  ``fused`` for both, ``pallas`` for the LSTM, the Pallas kernels; interpret mode off the
-  GPU, so only meaningful on a GPU); a cell without that form skips the row;
+  ``impl="auto"`` (on the CPU with the oneDNN extension built: oneDNN's RNN primitive;
+  elsewhere the fused path with the hand-written backward), at ``--unroll`` (the reference
+  for the ratios) and at every factor of ``--unrolls``; plus one row per further ``--impls``
+  entry at ``--unroll``: ``scan`` (the generic scan, differentiated by JAX: what the fused
+  path is measured against) or one of the cell's forms by name (``cell.forms``: ``onednn``
+  and ``fused`` for both, ``pallas`` for the LSTM, the Pallas kernels; interpret mode off
+  the GPU, so only meaningful on a GPU); a cell without that form skips the row;
 - ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H) | nn.GRUCell(H), unroll=--unroll)``;
 - ``equinox``: ``eqx.nn.LSTMCell | GRUCell`` in ``jax.lax.scan(unroll=--unroll)``, vmapped
   over the batch (Equinox's documented pattern);
@@ -87,11 +89,12 @@ def parse_args(argv=None):
                    help="comma-separated, from float32,bfloat16 (default float32 on CPU, both on GPU)")
     p.add_argument("--unroll", type=int, default=1,
                    help="lax.scan unroll factor for ours (the ratios' reference) and for Flax and Equinox")
-    p.add_argument("--unrolls", default="1,4,8",
-                   help="comma-separated further unroll factors to time ours at ('' for none)")
+    p.add_argument("--unrolls", default=None,
+                   help="comma-separated further unroll factors to time ours at ('' for none; default 1,4,8 "
+                        "on GPU, none on CPU, where impl='auto' is oneDNN's primitive, which has no unroll)")
     p.add_argument("--impls", default=None,
                    help=f"comma-separated further implementations of ours: scan (the generic scan) or a "
-                        f"form of the cell, from {','.join(IMPLS)} (default scan on CPU; scan,pallas on GPU)")
+                        f"form of the cell, from {','.join(IMPLS)} (default fused,scan on CPU; scan,pallas on GPU)")
     p.add_argument("--plot", default=None, help="PNG path (default: --out with .png; '' for none)")
     p.add_argument("--peers", default="flax,equinox,torch,torch-cudnn,jax-cudnn",
                    help="comma-separated peers to run (default all; those that cannot run are skipped)")
@@ -116,7 +119,7 @@ def parse_args(argv=None):
     args.dtypes = (args.dtypes or ("float32,bfloat16" if on_gpu else "float32")).split(",")
     args.peers = [n for n in args.peers.split(",") if n]
     args.impls = [n for n in (args.impls if args.impls is not None else
-                              ("scan,pallas" if on_gpu else "scan")).split(",") if n]
+                              ("scan,pallas" if on_gpu else "fused,scan")).split(",") if n]
     unknown = [n for n in args.impls if n not in IMPLS]
     if unknown:
         p.error(f"--impls: unknown {unknown}; choose from {IMPLS}")
@@ -128,6 +131,8 @@ def parse_args(argv=None):
         if unknown:
             p.error(f"{flag}: unknown {unknown}; choose from {sorted(known)}")
     try:
+        if args.unrolls is None:
+            args.unrolls = "1,4,8" if on_gpu else ""
         extra = [int(u) for u in args.unrolls.split(",") if u.strip()]
     except ValueError:
         p.error(f"--unrolls must be comma-separated integers, got {args.unrolls!r}")
@@ -390,6 +395,28 @@ def time_call(fn: Callable[[], Any], repeats: int, warmup: int) -> dict:
             "first_call_s": first_s, "runs_ms": runs}
 
 
+def time_interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int) -> list[dict]:
+    """:func:`time_call` for several implementations at once, their timed runs interleaved (one
+    run of each per round), so that a machine slowing down or speeding up during the sweep
+    touches every implementation alike."""
+    results = []
+    for fn in fns:
+        start = time.perf_counter()
+        fn()
+        results.append({"first_call_s": time.perf_counter() - start, "runs_ms": []})
+        for _ in range(warmup):
+            fn()
+    for _ in range(repeats):
+        for fn, result in zip(fns, results):
+            start = time.perf_counter()
+            fn()
+            result["runs_ms"].append(1e3 * (time.perf_counter() - start))
+    for result in results:
+        runs = result["runs_ms"]
+        result.update(median_ms=statistics.median(runs), min_ms=min(runs), max_ms=max(runs))
+    return results
+
+
 def matmul_floor(B, T, I, H, G, dtype, args) -> dict:
     """This device's time for the forward FLOPs as one dense [B*T, I+H] x [I+H, G*H] matmul."""
     ka, kb = jax.random.split(jax.random.key(args.seed + 1))
@@ -480,13 +507,11 @@ def main(argv=None):
                     impls.append(impl)
 
                 fwd_flops = 2 * B * T * (I + H) * G * H
-                ref = {}
-                for impl in impls:
-                    timing = {}
-                    for mode in ("fwd", "fwd_bwd"):
-                        timing[mode] = time_call(getattr(impl, mode), args.repeats, args.warmup)
-                    if not ref:
-                        ref = {m: timing[m]["median_ms"] for m in timing}
+                timings = {mode: time_interleaved([getattr(impl, mode) for impl in impls], args.repeats, args.warmup)
+                           for mode in ("fwd", "fwd_bwd")}
+                ref = {mode: timings[mode][0]["median_ms"] for mode in timings}
+                for k, impl in enumerate(impls):
+                    timing = {mode: timings[mode][k] for mode in timings}
                     row = dict(group, impl=impl.name, note=impl.note, check=status.get(impl.name, "—"),
                                fwd=timing["fwd"], fwd_bwd=timing["fwd_bwd"], fwd_flops=fwd_flops)
                     for mode, flops in (("fwd", fwd_flops), ("fwd_bwd", 3 * fwd_flops)):

@@ -87,15 +87,19 @@ class SequenceForm(NamedTuple):
       run: the evaluator.
       lengths: whether ``run`` takes a ``valid`` mask.
       resets: whether ``run`` takes ``resets``.
-      auto: whether ``unroll(impl="auto")`` picks this form when it can serve the call.
+      auto: whether ``unroll(impl="auto")`` picks this form when it can serve the call: a bool,
+        or ``auto(params, xs, carry) -> bool`` for a form that pays only at some sizes.
       note: one line on what the form is, for error messages and docs.
+      refuses: ``refuses(params, xs, carry) -> str | None``, or None: why the form cannot serve
+        these arrays (a dtype, a backend, an extension that is not built), None if it can.
     """
 
     run: Callable[..., tuple[Any, Carry]]
     lengths: bool = True
     resets: bool = True
-    auto: bool = False
+    auto: bool | Callable[[Any, Any, Any], bool] = False
     note: str = ""
+    refuses: Callable[[Any, Any, Any], str | None] | None = None
 
 
 def static_pytree(cls: type) -> type:

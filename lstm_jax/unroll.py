@@ -52,9 +52,12 @@ def reverse_within_lengths(xs: Array, lengths: Array) -> Array:
 
 # ------------------------------------------------------------------------------ forms
 
-def _blockers(form: SequenceForm, *, empty, lengths, resets, return_carries, return_gates, remat_chunk):
-    """Why ``form`` cannot serve this call (empty if it can)."""
+def _blockers(form: SequenceForm, *, empty, lengths, resets, return_carries, return_gates, remat_chunk, arrays):
+    """Why ``form`` cannot serve this call (empty if it can); ``arrays`` is ``(params, xs, carry)``."""
     reasons = ["`xs` is empty (no steps or no sequences)"] if empty else []
+    refusal = form.refuses(*arrays) if form.refuses is not None else None
+    if refusal:
+        reasons.append(refusal)
     for flag, on in (("return_carries", return_carries), ("return_gates", return_gates),
                      ("remat_chunk", remat_chunk is not None)):
         if on:
@@ -74,7 +77,7 @@ def _choose_form(cell: Cell, impl: str, **call) -> tuple[str, SequenceForm] | No
         return None
     if impl == "auto":
         for name, form in cell.forms.items():
-            if form.auto and not _blockers(form, **call):
+            if not _blockers(form, **call) and (form.auto(*call["arrays"]) if callable(form.auto) else form.auto):
                 return name, form
         return None
     if impl not in cell.forms:
@@ -256,7 +259,8 @@ def unroll(
     _checks.boolean("return_carries", return_carries)
     _checks.boolean("return_gates", return_gates)
     chosen = _choose_form(cell, impl, empty=T == 0 or 0 in batch, lengths=lengths, resets=resets,
-                          return_carries=return_carries, return_gates=return_gates, remat_chunk=remat_chunk)
+                          return_carries=return_carries, return_gates=return_gates, remat_chunk=remat_chunk,
+                          arrays=(params, xs_tm, carry))
 
     valid = None
     if lengths is not None:

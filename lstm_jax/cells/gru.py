@@ -12,7 +12,7 @@ from lstm_jax import _checks
 from lstm_jax import initializers as inits
 from lstm_jax.cell import Cell, CellConfig, SequenceForm
 from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
-from lstm_jax.kernels import fused_rnn
+from lstm_jax.kernels import fused_rnn, onednn_rnn
 from lstm_jax.ops import split_blocks
 
 Array = jax.Array
@@ -92,8 +92,12 @@ def gru(
       A :class:`~lstm_jax.Cell` with :class:`GRUConfig`, :class:`GRUParams` and
       :class:`GRUState`; ``project(params, xs[..., I]) -> [..., 3H]``; ``y_t = h_t [..., H]``;
       gates ``reset``, ``update``, ``candidate``, ``hidden``. With ``reset_after=True`` it has
-      the form ``"fused"`` (a hand-written backward pass, :mod:`lstm_jax.kernels.fused_rnn`),
-      which ``impl="auto"`` picks.
+      the forms ``"onednn"`` (oneDNN's linear-before-reset GRU primitive,
+      :mod:`lstm_jax.kernels.onednn_rnn`; picked by ``impl="auto"`` on the CPU for float32
+      without ``lengths`` or ``resets`` from batch 8 and hidden size 128 on, when the
+      extension is built) and ``"fused"`` (a
+      hand-written backward pass, :mod:`lstm_jax.kernels.fused_rnn`; ``impl="auto"``
+      everywhere else).
     """
     return GRUConfig(hidden_size, reset_after=reset_after, kernel_init=kernel_init, recurrent_init=recurrent_init,
                      bias_init=bias_init).build()
@@ -145,6 +149,14 @@ def _gru_cell(config: GRUConfig) -> Cell:
                                     hr, unroll, fused_rnn.hoist_projection())
         return ys, GRUState(h)
 
-    forms = {"fused": SequenceForm(fused_run, auto=True, note="hand-written backward pass "
+    def onednn_run(params, xs, carry, *, valid, resets, unroll):
+        ys, h = onednn_rnn.gru_layer(params.w_x, params.w_h, params.b, params.b_hn, xs, carry.hidden)
+        return ys, GRUState(h)
+
+    forms = {"onednn": SequenceForm(onednn_run, lengths=False, resets=False, auto=onednn_rnn.preferred,
+                                    refuses=onednn_rnn.refusal,
+                                    note="oneDNN's linear-before-reset GRU primitive on the CPU "
+                                    "(lstm_jax.kernels.onednn_rnn)"),
+             "fused": SequenceForm(fused_run, auto=True, note="hand-written backward pass "
                                    "(lstm_jax.kernels.fused_rnn)")} if reset_after else {}
     return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur, forms=forms)

@@ -12,7 +12,7 @@ from lstm_jax import _checks
 from lstm_jax import initializers as inits
 from lstm_jax.cell import Cell, CellConfig, SequenceForm
 from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
-from lstm_jax.kernels import fused_rnn
+from lstm_jax.kernels import fused_rnn, onednn_rnn
 from lstm_jax.ops import ACTIVATIONS, clip_gradient, lstm_update, split_blocks
 from lstm_jax.ops import layer_norm as layer_norm_fn
 
@@ -218,8 +218,12 @@ def lstm(
       :class:`LSTMState`. ``project(params, xs[..., I]) -> [..., G*H]``; ``recur`` returns
       ``y_t = h_t [..., O]``; gates ``input``, ``forget``, ``candidate``, ``output`` (those
       present), ``cell``, ``hidden``. The vanilla cell (no option but ``forget_bias`` and the
-      initialisers) has the forms ``"fused"`` (a hand-written backward pass,
-      :mod:`lstm_jax.kernels.fused_rnn`; picked by ``impl="auto"``) and ``"pallas"`` (the
+      initialisers) has the forms ``"onednn"`` (oneDNN's LSTM primitive,
+      :mod:`lstm_jax.kernels.onednn_rnn`; picked by ``impl="auto"`` on the CPU for float32
+      without ``lengths`` or ``resets`` from batch 8 and hidden size 128 on, when the
+      extension is built), ``"fused"`` (a
+      hand-written backward pass, :mod:`lstm_jax.kernels.fused_rnn`; picked by
+      ``impl="auto"`` everywhere else) and ``"pallas"`` (the
       recurrence as Pallas kernels, :mod:`lstm_jax.kernels.pallas_lstm`; opt-in, no
       ``lengths`` or ``resets``; its GPU speed is unmeasured).
 
@@ -300,7 +304,10 @@ def _lstm_cell(config: LSTMConfig) -> Cell:
 
     forms = {}
     if config.vanilla:
-        forms = {"fused": SequenceForm(_fused_run("xla"), auto=True,
+        forms = {"onednn": SequenceForm(_onednn_run, lengths=False, resets=False, auto=onednn_rnn.preferred,
+                                        refuses=onednn_rnn.refusal,
+                                        note="oneDNN's LSTM primitive on the CPU (lstm_jax.kernels.onednn_rnn)"),
+                 "fused": SequenceForm(_fused_run("xla"), auto=True,
                                        note="hand-written backward pass (lstm_jax.kernels.fused_rnn)"),
                  "pallas": SequenceForm(_fused_run("pallas"), lengths=False, resets=False,
                                         note="Pallas recurrence kernels (lstm_jax.kernels.pallas_lstm)")}
@@ -317,6 +324,12 @@ def _fused_run(kernel: str):
         return ys, LSTMState(hidden=h, cell=c)
 
     return run
+
+
+def _onednn_run(params, xs, carry, *, valid, resets, unroll):
+    """The ``"onednn"`` form of the vanilla LSTM (no masks: ``valid`` and ``resets`` are None)."""
+    ys, (h, c) = onednn_rnn.lstm_layer(params.w_x, params.w_h, params.b, xs, carry.hidden, carry.cell)
+    return ys, LSTMState(hidden=h, cell=c)
 
 
 def greff_variant(name: str, hidden_size: int, **overrides: Any) -> Cell:

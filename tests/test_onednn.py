@@ -1,0 +1,164 @@
+"""The ``"onednn"`` form: oneDNN's LSTM and linear-before-reset GRU primitives through jax.ffi
+(``lstm_jax.kernels.onednn_rnn``).
+
+A C++ extension holds the backward pass, so each test holds it against JAX's own
+differentiation of the generic scan (``impl="scan"``, itself checked against NumPy references
+and PyTorch elsewhere): outputs, final carries and gradients with respect to the parameters,
+the inputs and the initial carry, float32, across batch shapes and layouts. The extension is
+built by ``make install`` (and so in CI); where it is not built these tests skip, saying why,
+and the fallback tests at the end still run.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import helpers  # tests/helpers.py
+import lstm_jax as lj
+from lstm_jax.kernels import onednn_rnn
+
+F32, F64 = jnp.float32, jnp.float64
+I, T, H = 3, 6, 5
+CELLS = {"lstm": lambda: lj.lstm(H, forget_bias=0.5), "gru": lambda: lj.gru(H)}
+TARGET = "lstm_jax_onednn"  # the FFI targets' common prefix, as it appears in a jaxpr
+
+needs_extension = pytest.mark.skipif(onednn_rnn.unavailable() is not None,
+                                     reason=f"oneDNN form unavailable: {onednn_rnn.unavailable()}")
+
+
+def problem(name, batch=(4,), seed=0):
+    cell = CELLS[name]()
+    rng = np.random.default_rng(seed)
+    params = helpers.perturb(cell.init(jax.random.key(seed), I, dtype=F64), rng)
+    carry = helpers.perturb(cell.init_carry(params, batch), rng)
+    xs = helpers.normal(rng, batch + (T, I))
+    cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, F32), tree)
+    return cell, cast(params), cast(xs), cast(carry)
+
+
+def value_and_grads(cell, params, xs, carry, impl, **kw):
+    """Outputs, final carry and the gradient of a scalar mixing both, w.r.t. params, xs, carry."""
+    weights = jax.random.normal(jax.random.key(7), jnp.shape(xs)[:-1] + (cell.output_size,), F32)
+
+    def loss(p, x, c):
+        ys, final = lj.unroll(cell, p, x, c, impl=impl, **kw)
+        total = jnp.sum(weights * jnp.sin(ys))
+        return total + sum(jnp.sum(jnp.cos(leaf)) for leaf in jax.tree.leaves(final)), (ys, final)
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, carry)
+    return out, grads
+
+
+def uses_onednn(fn, *args) -> bool:
+    return TARGET in str(jax.make_jaxpr(fn)(*args))
+
+
+@needs_extension
+@pytest.mark.parametrize("batch", [(4,), (2, 3), (1,)], ids=["B4", "B2x3", "B1"])
+@pytest.mark.parametrize("options", [dict(), dict(reverse=True), dict(time_major=True)],
+                         ids=["plain", "reverse", "time_major"])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_onednn_equals_scan_with_gradients(name, options, batch):
+    cell, params, xs, carry = problem(name, batch)
+    if options.get("time_major"):
+        xs = jnp.moveaxis(xs, len(batch), 0)
+    got = value_and_grads(cell, params, xs, carry, "onednn", **options)
+    want = value_and_grads(cell, params, xs, carry, "scan", **options)
+    helpers.assert_trees_close(got, want, rtol=2e-5, atol=2e-5)
+
+
+BIG = {"lstm": lj.lstm, "gru": lj.gru}  # at the sizes impl="auto" gives to oneDNN
+
+
+def big_problem(name, batch=onednn_rnn.AUTO_MIN_BATCH, hidden=onednn_rnn.AUTO_MIN_HIDDEN):
+    cell = BIG[name](hidden)
+    params = cell.init(jax.random.key(0), I)
+    return cell, params, jnp.ones((batch, T, I), F32)
+
+
+@needs_extension
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_auto_takes_onednn_for_float32_on_the_cpu_from_the_measured_sizes(name):
+    cell, params, xs = big_problem(name)
+    assert uses_onednn(lambda p, x: lj.unroll(cell, p, x)[0], params, xs)
+    # and through a stack of layers, under the gradient
+    stack = lj.stack([lj.layer(cell), lj.layer(cell)])
+    sp = stack.init(jax.random.key(1), I)
+    assert uses_onednn(jax.grad(lambda p, x: jnp.sum(stack.apply(p, x)[0])), sp, xs)
+    # below the thresholds the fused form is as fast: auto keeps it
+    for small in (big_problem(name, batch=onednn_rnn.AUTO_MIN_BATCH - 1),
+                  big_problem(name, hidden=onednn_rnn.AUTO_MIN_HIDDEN // 2)):
+        cell, params, xs = small
+        assert not uses_onednn(lambda p, x: lj.unroll(cell, p, x)[0], params, xs)
+        assert uses_onednn(lambda p, x: lj.unroll(cell, p, x, impl="onednn")[0], params, xs)
+
+
+@needs_extension
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_auto_falls_back_to_fused_where_onednn_cannot_serve(name):
+    cell, params, xs = big_problem(name)
+    B = xs.shape[0]
+    lengths, resets = jnp.full((B,), T - 1), jnp.zeros((B, T), bool).at[1, 3].set(True)
+    for kw in (dict(lengths=lengths), dict(resets=resets)):
+        fn = lambda p, x, kw=kw: lj.unroll(cell, p, x, **kw)[0]
+        assert not uses_onednn(fn, params, xs), kw
+        assert "custom_vjp_call" in str(jax.make_jaxpr(fn)(params, xs)), kw  # the fused form
+    f64 = jax.tree.map(lambda a: a.astype(F64), (params, xs))
+    assert not uses_onednn(lambda p, x: lj.unroll(cell, p, x)[0], *f64)
+    with pytest.raises(ValueError, match=re.escape("`impl='onednn'` cannot be used here: this form takes no "
+                                                   "`lengths`")):
+        lj.unroll(cell, params, xs, impl="onednn", lengths=lengths)
+    with pytest.raises(ValueError, match="take float32 only, got \\['float64'\\]"):
+        lj.unroll(cell, *f64, impl="onednn")
+
+
+@needs_extension
+def test_under_vmap_and_a_reused_vjp():
+    """vmap runs the custom call once per element; a vjp closure called twice sees its
+    residuals (oneDNN's workspace) unchanged."""
+    cell, params, xs, carry = problem("lstm")
+    many = jnp.stack([xs, 2 * xs])  # [2, B, T, I]
+    got = jax.vmap(lambda x: lj.unroll(cell, params, x, impl="onednn")[0])(many)
+    want = jax.vmap(lambda x: lj.unroll(cell, params, x, impl="scan")[0])(many)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    ys, vjp = jax.vjp(lambda p: lj.unroll(cell, p, xs, impl="onednn")[0], params)
+    first, second = vjp(jnp.ones_like(ys)), vjp(jnp.ones_like(ys))
+    helpers.assert_trees_close(first, second, rtol=0, atol=0)
+
+
+@needs_extension
+def test_torch_parity_through_onednn():
+    """PyTorch's nn.LSTM / nn.GRU on the same weights, our side through the oneDNN form."""
+    torch = pytest.importorskip("torch")
+    from lstm_jax.interop.torch import to_torch
+
+    for name in sorted(CELLS):
+        cell, params, xs, carry = problem(name)
+        stack = lj.stack([lj.layer(cell)])
+        module = to_torch(stack, (params,))
+        with torch.no_grad():
+            want = module(torch.from_numpy(np.array(xs)))[0].numpy()
+        got = lj.unroll(cell, params, xs, impl="onednn")[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_without_the_extension_auto_uses_fused_and_onednn_says_why(monkeypatch):
+    why = "the oneDNN extension is not built (test)"
+    monkeypatch.setattr(onednn_rnn, "unavailable", lambda: why)
+    cell, params, xs = big_problem("lstm")
+    text = str(jax.make_jaxpr(lambda p, x: lj.unroll(cell, p, x)[0])(params, xs))
+    assert TARGET not in text and "custom_vjp_call" in text
+    with pytest.raises(ValueError, match=re.escape(f"`impl='onednn'` cannot be used here: {why}")):
+        lj.unroll(cell, params, xs, impl="onednn")
+
+
+def test_build_names_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(onednn_rnn, "_onednn_prefix", lambda: tmp_path)
+    with pytest.raises(RuntimeError, match="oneDNN not found under"):
+        onednn_rnn.build(tmp_path / "lib.so")
+    assert onednn_rnn.main(["--optional"]) == 0  # the set-up's form: says why, does not fail
