@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 $(ONEDNN): lstm_jax/kernels/onednn/rnn.cc $(STAMP)
-	$(BIN)/python -m lstm_jax.kernels.onednn_rnn --optional
+	$(BIN)/python -m lstm_jax.kernels.onednn --optional
 
 onednn: $(ONEDNN)
 

@@ -7,7 +7,8 @@ each is timed, forward and forward+backward (the gradient of ``sum(outputs)`` wi
 the parameters and the inputs), after compile and warm-up, as the median of ``--repeats`` runs
 with ``block_until_ready`` / ``torch.cuda.synchronize``. One process, one run: the table's
 ratios compare implementations measured in the same minutes on the same machine: their timed
-runs are interleaved, one run of each implementation per round.
+runs are interleaved, in rounds of one untimed and up to five timed calls of each
+implementation (:func:`time_interleaved`).
 
 Implementations (those that cannot run here are skipped with the reason printed):
 
@@ -94,7 +95,7 @@ def parse_args(argv=None):
                         "on GPU, none on CPU, where impl='auto' is oneDNN's primitive, which has no unroll)")
     p.add_argument("--impls", default=None,
                    help=f"comma-separated further implementations of ours: scan (the generic scan) or a "
-                        f"form of the cell, from {','.join(IMPLS)} (default fused,scan on CPU; scan,pallas on GPU)")
+                        f"form of the cell, from {','.join(IMPLS)} (default fused,onednn,scan on CPU; scan,pallas on GPU)")
     p.add_argument("--plot", default=None, help="PNG path (default: --out with .png; '' for none)")
     p.add_argument("--peers", default="flax,equinox,torch,torch-cudnn,jax-cudnn",
                    help="comma-separated peers to run (default all; those that cannot run are skipped)")
@@ -119,7 +120,7 @@ def parse_args(argv=None):
     args.dtypes = (args.dtypes or ("float32,bfloat16" if on_gpu else "float32")).split(",")
     args.peers = [n for n in args.peers.split(",") if n]
     args.impls = [n for n in (args.impls if args.impls is not None else
-                              ("scan,pallas" if on_gpu else "fused,scan")).split(",") if n]
+                              ("scan,pallas" if on_gpu else "fused,onednn,scan")).split(",") if n]
     unknown = [n for n in args.impls if n not in IMPLS]
     if unknown:
         p.error(f"--impls: unknown {unknown}; choose from {IMPLS}")
@@ -395,10 +396,14 @@ def time_call(fn: Callable[[], Any], repeats: int, warmup: int) -> dict:
             "first_call_s": first_s, "runs_ms": runs}
 
 
-def time_interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int) -> list[dict]:
-    """:func:`time_call` for several implementations at once, their timed runs interleaved (one
-    run of each per round), so that a machine slowing down or speeding up during the sweep
-    touches every implementation alike."""
+def time_interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int, block: int = 5) -> list[dict]:
+    """:func:`time_call` for several implementations at once, in rounds: each round runs every
+    implementation in turn, one untimed call and then up to ``block`` timed ones, so that a
+    machine slowing down or speeding up during the sweep touches every implementation alike.
+    The untimed call absorbs the previous implementation's wake-down: an OpenMP runtime
+    (PyTorch's, oneDNN's) keeps its threads spinning for a while after a call, and on two
+    cores that time is taken from whatever runs next (measured: alternating single calls made
+    both PyTorch's and our oneDNN LSTM 3-4x slower at (8, 500, 128))."""
     results = []
     for fn in fns:
         start = time.perf_counter()
@@ -406,11 +411,13 @@ def time_interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int) ->
         results.append({"first_call_s": time.perf_counter() - start, "runs_ms": []})
         for _ in range(warmup):
             fn()
-    for _ in range(repeats):
+    while len(results[0]["runs_ms"]) < repeats:
         for fn, result in zip(fns, results):
-            start = time.perf_counter()
             fn()
-            result["runs_ms"].append(1e3 * (time.perf_counter() - start))
+            for _ in range(min(block, repeats - len(result["runs_ms"]))):
+                start = time.perf_counter()
+                fn()
+                result["runs_ms"].append(1e3 * (time.perf_counter() - start))
     for result in results:
         runs = result["runs_ms"]
         result.update(median_ms=statistics.median(runs), min_ms=min(runs), max_ms=max(runs))

@@ -66,14 +66,36 @@ def test_more_devices_than_exist_is_refused_before_training(capsys):
 
 
 def test_benchmark_rows_are_the_scan_and_the_cells_forms_by_name(capsys):
-    assert benchmark.IMPLS == ["fused", "pallas", "scan"]  # the union of lstm's and gru's forms, and scan
+    assert benchmark.IMPLS == ["fused", "onednn", "pallas", "scan"]  # lstm's and gru's forms, and scan
     assert benchmark.parse_args(["--impls", "scan,fused"]).impls == ["scan", "fused"]
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--impls", "scan,parallel"])
-    assert "--impls: unknown ['parallel']; choose from ['fused', 'pallas', 'scan']" in capsys.readouterr().err
+    assert "--impls: unknown ['parallel']; choose from ['fused', 'onednn', 'pallas', 'scan']" in capsys.readouterr().err
     cell = lj.gru(4)
     params = cell.init(jax.random.key(0), 4)
     problem = benchmark.Problem("gru", cell, 3, params, jnp.ones((2, 3, 4), jnp.float32), "float32", 1, False)
-    with pytest.raises(benchmark.Skip, match=r"gru\(4\) has no form 'pallas' \(its forms: fused\)"):
+    with pytest.raises(benchmark.Skip, match=r"gru\(4\) has no form 'pallas' \(its forms: onednn, fused\)"):
         benchmark.build_ours(problem, 1, "pallas")
     assert benchmark.build_ours(problem, 1, "fused").name == "lstm_jax fused"
+
+
+def test_benchmark_timing_interleaves_rounds_with_an_untimed_call_each():
+    calls = []
+    fns = [lambda: calls.append("a"), lambda: calls.append("b")]
+    results = benchmark.time_interleaved(fns, repeats=7, warmup=1, block=3)
+    assert [len(r["runs_ms"]) for r in results] == [7, 7]
+    # first + warm-up, then rounds of one untimed and up to three timed calls each: 3 + 3 + 1 timed
+    assert "".join(calls) == "aa" + "bb" + "aaaa" + "bbbb" + "aaaa" + "bbbb" + "aa" + "bb"
+    assert all(r["median_ms"] >= r["min_ms"] >= 0 for r in results)
+
+
+def test_lm_step_benchmark_times_the_same_model_in_each_implementation(tmp_path):
+    lm_step = load_experiment("lm_step_benchmark")
+    rows = lm_step.main(["--layers", "1", "--hidden", "8", "--embed", "4", "--vocab", "7", "--batch", "2",
+                         "--chunk", "5", "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "lm.json")])
+    names = [r["impl"] for r in rows]
+    assert names[:2] == ["lstm_jax auto", "lstm_jax fused"]
+    losses = [r["first_loss"] for r in rows]  # same weights, same batch: the same first loss
+    assert losses == pytest.approx([losses[0]] * len(losses), rel=1e-5)
+    assert rows[0]["ratio"] == 1.0 and all(r["median_ms"] > 0 and len(r["runs_ms"]) == 2 for r in rows)
+    assert json.loads((tmp_path / "lm.json").read_text())["args"]["hidden"] == 8

@@ -82,8 +82,15 @@ def big_problem(name, batch=onednn_rnn.AUTO_MIN_BATCH, hidden=onednn_rnn.AUTO_MI
 
 
 @needs_extension
-@pytest.mark.parametrize("name", sorted(CELLS))
-def test_auto_takes_onednn_for_float32_on_the_cpu_from_the_measured_sizes(name):
+def test_auto_takes_onednn_for_the_gru_only_when_asked():
+    cell, params, xs = big_problem("gru")
+    assert not uses_onednn(lambda p, x: lj.unroll(cell, p, x)[0], params, xs)
+    assert uses_onednn(lambda p, x: lj.unroll(cell, p, x, impl="onednn")[0], params, xs)
+
+
+@needs_extension
+def test_auto_takes_onednn_for_the_lstm_in_float32_on_the_cpu_from_the_measured_sizes():
+    name = "lstm"
     cell, params, xs = big_problem(name)
     assert uses_onednn(lambda p, x: lj.unroll(cell, p, x)[0], params, xs)
     # and through a stack of layers, under the gradient

@@ -3,12 +3,14 @@
 Every ``python`` block runs, in order, in one namespace (as a reader pastes them into one
 session), in a temporary directory so that what they write lands there. Every ``bash`` block
 is checked for what can be checked without running an experiment for minutes: each ``make``
-target exists, each script it names exists and accepts the flags shown (``--help`` parses),
+target exists, each script it names exists and accepts the flags shown (``--help`` parses), each module
+run with ``python -m`` exists,
 and each ``pip install`` names an extra that ``pyproject.toml`` defines.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import re
 import shlex
@@ -64,6 +66,8 @@ def test_bash_commands_name_what_exists(command):
     elif words[:3] == ["pip", "install", "-e"]:
         extra = re.fullmatch(r"\.(?:\[(\w+)\])?", words[3])
         assert extra and (extra.group(1) is None or extra.group(1) in EXTRAS), command
+    elif words[0] in ("python", "python3") and words[1] == "-m":  # a module run as a script
+        assert importlib.util.find_spec(words[2] + ".__main__" if words[2].count(".") else words[2]), command
     elif words[0] in ("python", "python3"):
         script = ROOT / words[1]
         assert script.exists(), command

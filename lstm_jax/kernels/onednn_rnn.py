@@ -7,18 +7,38 @@ was 0.78-0.83x PyTorch's speed on a 2-core CPU. This module runs the same primit
 PyTorch's ``reset_after=True``) as XLA custom calls through :mod:`jax.ffi`:
 
 - ``lstm_jax/kernels/onednn/rnn.cc`` holds the FFI handlers; :func:`build` compiles it against
-  oneDNN's headers and library (the pip packages ``onednn-cpu-gomp`` and
-  ``onednn-devel-cpu-gomp``, installed by ``make``'s set-up) and JAX's FFI headers;
+  oneDNN's headers and library (the pip packages ``onednn-cpu-tbb`` and
+  ``onednn-devel-cpu-tbb``: the ``onednn`` extra, installed by ``make``'s set-up) and JAX's
+  FFI headers;
 - :func:`lstm_layer` and :func:`gru_layer` are :func:`jax.custom_vjp` functions: the forward pass
   runs oneDNN's training forward and keeps its workspace (the gates and states oneDNN's
   backward reads) as the residual; without differentiation the inference forward runs.
 
 It is the ``"onednn"`` form of ``lstm(H)`` and ``gru(H)`` (see :class:`lstm_jax.SequenceForm`),
-which ``impl="auto"`` prefers on the CPU for float32 when the library is built, the call has
-no ``lengths`` or ``resets`` (oneDNN has no step masks) and the batch and hidden size are at
-least :data:`AUTO_MIN_BATCH` and :data:`AUTO_MIN_HIDDEN` (measured: below them the fused XLA
-form is as fast); elsewhere the fused XLA form serves.
+which serve float32 calls on the CPU without ``lengths`` or ``resets`` (oneDNN has no step
+masks) when the library is built. ``impl="auto"`` takes the LSTM's from batch
+:data:`AUTO_MIN_BATCH` and hidden size :data:`AUTO_MIN_HIDDEN` on (measured: below them the
+fused XLA form is as fast or faster); the GRU's is opt-in (``impl="onednn"``): its forward
+pass is faster at those sizes, but its forward+backward measured 0.88-1.17x the fused
+form's, which already beats PyTorch's GRU.
 Shapes are time-major with the batch flattened: ``xs [T, B, I]``, carries ``[B, H]``.
+
+What the measurements decided (2-core x86-64 CPU; README, Performance):
+
+- oneDNN's **TBB** build, not its GNU OpenMP one: PyTorch ships its own ``libgomp.so.1``, and
+  once torch is imported our oneDNN bound to it; two OpenMP "masters" on two cores made GNU
+  OpenMP stop spinning at its barriers, and the LSTM at (B, T, H) = (8, 500, 128) took
+  ~100 ms instead of ~15 ms forward, PyTorch's own as well.
+- Each calling thread keeps its scratchpad, and the fresh training workspace (tens of MB per
+  call) is advised onto 2 MiB pages: faulting them in 4 KiB at a time cost more than a third
+  of the forward+backward time at (8, 500, 128).
+- Tried first and dropped: our own C++ loop over time calling oneDNN's ``sgemm`` per step,
+  with the projection and weight gradients left to XLA. It was slower than the fused XLA form
+  (96 against 73 ms forward at (32, 128, 256)): ``sgemm`` re-packs ``W_h`` at every step,
+  where the RNN primitive packs it once.
+- oneDNN 3.2 is the newest CPU-only build on PyPI (later ``onednn`` wheels need Intel's SYCL
+  and OpenCL runtimes, over 1 GB). PyTorch 2.13 bundles oneDNN 3.12, whose backward pass is
+  faster at small batches; that gap is what remains at (8, 500, 128).
 """
 
 from __future__ import annotations
@@ -78,11 +98,12 @@ def build(output: Path | None = None, *, compiler: str = "g++", quiet: bool = Fa
     header, lib = prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp", prefix / "lib" / "libdnnl.so"
     if not header.exists() or not lib.exists():
         raise RuntimeError(f"oneDNN not found under {prefix} (want {header} and {lib}): "
-                           "pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0")
+                           "pip install -e '.[onednn]' (onednn-cpu-tbb, onednn-devel-cpu-tbb, intel-cmplr-lib-rt)")
     tmp = output.with_suffix(f".{os.getpid()}.tmp")
     cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-pthread", f"-I{jax.ffi.include_dir()}",
            f"-I{prefix / 'include'}", str(SOURCE), f"-L{prefix / 'lib'}", "-ldnnl",
-           f"-Wl,-rpath,{prefix / 'lib'}", "-o", str(tmp)]
+           # DT_RPATH, not RUNPATH: it also finds libdnnl's own dependencies (libtbb, libimf) there
+           f"-Wl,--disable-new-dtags,-rpath,{prefix / 'lib'}", "-o", str(tmp)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError as e:
@@ -98,7 +119,7 @@ def build(output: Path | None = None, *, compiler: str = "g++", quiet: bool = Fa
 @functools.cache
 def _library() -> ctypes.CDLL | str:
     """The loaded library with its FFI targets registered, or why it could not be loaded."""
-    rebuild = "`make install` builds it, or `python -m lstm_jax.kernels.onednn_rnn`"
+    rebuild = "`make install` builds it, or `python -m lstm_jax.kernels.onednn`"
     if not LIBRARY.exists():
         return f"the oneDNN extension is not built ({LIBRARY} is missing; {rebuild})"
     if SOURCE.exists() and SOURCE.stat().st_mtime > LIBRARY.stat().st_mtime:
@@ -146,15 +167,15 @@ def refusal(params, xs, carry) -> str | None:
     return None
 
 
-# impl="auto" takes the oneDNN form from these sizes on: below them the fused XLA form was as
-# fast or faster (both cells, forward and forward+backward, T = 50-100, B in {1, 8, 32, 128},
-# H = I in {32, 64, 128, 256, 512}, interleaved on a 2-core x86-64 CPU; README, Performance).
+# impl="auto" takes the oneDNN LSTM from these sizes on: below them the fused XLA form was as
+# fast or faster (forward and forward+backward, T = 50-100, B in {1, 8, 32, 128}, H = I in
+# {32, 64, 128, 256, 512}, interleaved on a 2-core x86-64 CPU; README, Performance).
 AUTO_MIN_BATCH = 8
 AUTO_MIN_HIDDEN = 128
 
 
 def preferred(params, xs, carry) -> bool:
-    """Whether ``impl="auto"`` should take the oneDNN form for this call (it can serve it):
+    """Whether ``impl="auto"`` should take the oneDNN LSTM for this call (it can serve it):
     batch ``>= AUTO_MIN_BATCH`` and hidden size ``>= AUTO_MIN_HIDDEN``."""
     hidden = params.w_h.shape[0]
     batch = int(np.prod(xs.shape[1:-1]))  # xs [T, ..., I], time-major
@@ -282,7 +303,7 @@ gru_layer.defvjp(_gru_fwd, _gru_bwd)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lstm_jax.kernels.onednn_rnn [--optional]``: builds the library. With
+    """``python -m lstm_jax.kernels.onednn [--optional]``: builds the library. With
     ``--optional`` a failure prints why and exits 0 (the XLA forms serve instead)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -293,6 +314,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lstm_jax: the oneDNN form is not built, the fused XLA form will serve instead: {e}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

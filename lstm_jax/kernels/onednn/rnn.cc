@@ -10,22 +10,20 @@
 // are u, r, n with a fourth bias block, the recurrent candidate bias: Python permutes our
 // (r, z, n) blocks into that order.
 //
-// Primitive descriptors are built once per (cell, pass, T, N, I, H) and kept. Every primitive
-// runs on one thread of ours (see Executor): measured, that is what keeps oneDNN's OpenMP team
-// fast inside XLA, and it lets one scratchpad buffer be reused without page faults.
+// Primitive descriptors are built once per (cell, pass, T, N, I, H) and kept; each calling
+// thread keeps its scratchpad; weights are reordered per call into the primitive's layout.
+// oneDNN must be the TBB build: the GNU OpenMP one shares libgomp with PyTorch when both are
+// loaded, and then both ran several times slower (measured; see onednn_rnn.py).
 
-#include <condition_variable>
+#include <sys/mman.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <functional>
-#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <tuple>
 #include <unordered_map>
 
@@ -138,62 +136,33 @@ const Prim& cached(Cell cell, Pass pass, int64_t T, int64_t N, int64_t I, int64_
   return *slot;
 }
 
-// Runs every oneDNN execution on one long-lived thread. XLA calls the handlers from whichever of
-// its pool threads is free; each new calling thread would become the master of its own OpenMP
-// team, and once GNU OpenMP manages more threads than there are cores it stops spinning at its
-// barriers and sleeps instead, which made a 500-step LSTM several times slower (measured: 96 ms
-// against 19 ms run alone). One master keeps one team. Calls queue up, in order.
-class Executor {
- public:
-  static Executor& get() {
-    static Executor* executor = new Executor;  // never destroyed: its thread outlives main()
-    return *executor;
+// A scratchpad of at least `bytes` for this thread, kept between calls: a fresh one at every
+// call would be faulted in page by page again. XLA calls from a fixed pool of threads.
+void* thread_scratch(size_t bytes) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffer;
+  if (bytes > buffer.size) {
+    std::free(buffer.data);
+    buffer.size = (bytes + 4095) / 4096 * 4096;
+    buffer.data = std::aligned_alloc(4096, buffer.size);
+    if (!buffer.data) throw std::bad_alloc();
   }
+  return buffer.data;
+}
 
-  ffi::Error run(std::function<ffi::Error()> job) {
-    std::packaged_task<ffi::Error()> task(std::move(job));
-    auto done = task.get_future();
-    {
-      std::lock_guard<std::mutex> guard(lock_);
-      queue_.push_back(std::move(task));
-    }
-    ready_.notify_one();
-    return done.get();
-  }
-
-  // A scratchpad of at least `bytes`, reused across calls (only the executor thread uses it).
-  void* scratch(size_t bytes) {
-    if (bytes > scratch_size_) {
-      std::free(scratch_);
-      scratch_size_ = (bytes + 4095) / 4096 * 4096;
-      scratch_ = std::aligned_alloc(4096, scratch_size_);
-      if (!scratch_) throw std::bad_alloc();
-    }
-    return scratch_;
-  }
-
- private:
-  Executor() { std::thread([this] { loop(); }).detach(); }
-
-  void loop() {
-    for (;;) {
-      std::packaged_task<ffi::Error()> task;
-      {
-        std::unique_lock<std::mutex> guard(lock_);
-        ready_.wait(guard, [this] { return !queue_.empty(); });
-        task = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      task();
-    }
-  }
-
-  std::mutex lock_;
-  std::condition_variable ready_;
-  std::deque<std::packaged_task<ffi::Error()>> queue_;
-  void* scratch_ = nullptr;
-  size_t scratch_size_ = 0;
-};
+// Asks the kernel to back a fresh buffer with 2 MiB pages where it can. The training workspace
+// (tens of MB) is a new XLA buffer at every call, and oneDNN's first touch of it faulted in one
+// 4 KiB page at a time.
+void prefer_huge_pages(void* data, size_t bytes) {
+  constexpr uintptr_t kHuge = 2u << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
 
 memory wrap(const memory::desc& md, const void* data) {
   return memory(md, cpu_engine(), const_cast<void*>(data));
@@ -228,14 +197,13 @@ using U8 = ffi::Buffer<ffi::U8>;
 // backward pass reads.
 ffi::Error forward(Cell cell, Pass pass, F32 x, F32 h0, const float* c0, F32 w_x, F32 w_h, F32 bias, OutF32 y,
                    OutF32 h_last, float* c_last, uint8_t* workspace) {
-  return Executor::get().run([&]() -> ffi::Error {
   try {
     const int64_t H = h0.dimensions()[1];
     const Shape sh = shape_of(x, H);
     const Prim& p = cached(cell, pass, sh.T, sh.N, sh.I, H);
     const Descs d(cell, sh.T, sh.N, sh.I, H);
     dnnl::stream s(cpu_engine());
-    memory scratch = wrap(p.scratchpad, Executor::get().scratch(p.scratchpad.get_size()));
+    memory scratch = wrap(p.scratchpad, thread_scratch(p.scratchpad.get_size()));
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC_LAYER, wrap(d.x, x.typed_data())},
         {DNNL_ARG_SRC_ITER, wrap(d.h, h0.typed_data())},
@@ -249,14 +217,16 @@ ffi::Error forward(Cell cell, Pass pass, F32 x, F32 h0, const float* c0, F32 w_x
       args.emplace(DNNL_ARG_SRC_ITER_C, wrap(d.h, c0));
       args.emplace(DNNL_ARG_DST_ITER_C, wrap(d.h, c_last));
     }
-    if (pass == kTraining) args.emplace(DNNL_ARG_WORKSPACE, wrap(p.workspace, workspace));
+    if (pass == kTraining) {
+      prefer_huge_pages(workspace, p.workspace.get_size());
+      args.emplace(DNNL_ARG_WORKSPACE, wrap(p.workspace, workspace));
+    }
     p.prim.execute(s, args);
     s.wait();
     return ffi::Error::Success();
   } catch (const std::exception& e) {
     return failure(e);
   }
-  });
 }
 
 // Zeroed memory in the primitive's diff-weights layout (oneDNN accumulates into it).
@@ -271,14 +241,13 @@ memory zeroed(const memory::desc& md) {
 ffi::Error backward(Cell cell, F32 x, F32 h0, const float* c0, F32 w_x, F32 w_h, F32 bias, F32 y, F32 h_last,
                     const float* c_last, U8 workspace, F32 dy, F32 dh_last, const float* dc_last, OutF32 dx,
                     OutF32 dh0, float* dc0, OutF32 dw_x, OutF32 dw_h, OutF32 dbias, OutU8 workspace_out) {
-  return Executor::get().run([&]() -> ffi::Error {
   try {
     const int64_t H = h0.dimensions()[1];
     const Shape sh = shape_of(x, H);
     const Prim& p = cached(cell, kBackward, sh.T, sh.N, sh.I, H);
     const Descs d(cell, sh.T, sh.N, sh.I, H);
     dnnl::stream s(cpu_engine());
-    memory scratch = wrap(p.scratchpad, Executor::get().scratch(p.scratchpad.get_size()));
+    memory scratch = wrap(p.scratchpad, thread_scratch(p.scratchpad.get_size()));
     // The workspace is aliased to an output (input_output_aliases): the primitive may write it.
     void* ws = workspace_out->untyped_data();
     if (ws != workspace.untyped_data()) std::memcpy(ws, workspace.untyped_data(), p.workspace.get_size());
@@ -317,7 +286,6 @@ ffi::Error backward(Cell cell, F32 x, F32 h0, const float* c0, F32 w_x, F32 w_h,
   } catch (const std::exception& e) {
     return failure(e);
   }
-  });
 }
 
 ffi::Error LstmForwardImpl(F32 x, F32 h0, F32 c0, F32 w_x, F32 w_h, F32 b, OutF32 y, OutF32 h_last, OutF32 c_last) {
