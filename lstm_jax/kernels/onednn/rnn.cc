@@ -192,6 +192,21 @@ using OutF32 = ffi::ResultBuffer<ffi::F32>;
 using OutU8 = ffi::ResultBuffer<ffi::U8>;
 using U8 = ffi::Buffer<ffi::U8>;
 
+// The arguments forward and backward share: the layer's inputs, weights (in the primitive's
+// layout), bias and outputs, and this thread's scratchpad.
+std::unordered_map<int, memory> shared_args(const Prim& p, const Descs& d, dnnl::stream& s, const float* x,
+                                            const float* h0, const float* w_x, const float* w_h,
+                                            const float* bias, const float* y, const float* h_last) {
+  return {{DNNL_ARG_SRC_LAYER, wrap(d.x, x)},
+          {DNNL_ARG_SRC_ITER, wrap(d.h, h0)},
+          {DNNL_ARG_WEIGHTS_LAYER, weights_for(p.w_x, d.w_x, w_x, s)},
+          {DNNL_ARG_WEIGHTS_ITER, weights_for(p.w_h, d.w_h, w_h, s)},
+          {DNNL_ARG_BIAS, wrap(d.bias, bias)},
+          {DNNL_ARG_DST_LAYER, wrap(d.y, y)},
+          {DNNL_ARG_DST_ITER, wrap(d.h, h_last)},
+          {DNNL_ARG_SCRATCHPAD, wrap(p.scratchpad, thread_scratch(p.scratchpad.get_size()))}};
+}
+
 // Forward: x [T, N, I], h0 (and c0 for the LSTM) [N, H], w_x [I, G*H], w_h [H, G*H],
 // bias [G'*H] -> y [T, N, H], h_T (and c_T) [N, H], and in training the workspace the
 // backward pass reads.
@@ -203,16 +218,8 @@ ffi::Error forward(Cell cell, Pass pass, F32 x, F32 h0, const float* c0, F32 w_x
     const Prim& p = cached(cell, pass, sh.T, sh.N, sh.I, H);
     const Descs d(cell, sh.T, sh.N, sh.I, H);
     dnnl::stream s(cpu_engine());
-    memory scratch = wrap(p.scratchpad, thread_scratch(p.scratchpad.get_size()));
-    std::unordered_map<int, memory> args{
-        {DNNL_ARG_SRC_LAYER, wrap(d.x, x.typed_data())},
-        {DNNL_ARG_SRC_ITER, wrap(d.h, h0.typed_data())},
-        {DNNL_ARG_WEIGHTS_LAYER, weights_for(p.w_x, d.w_x, w_x.typed_data(), s)},
-        {DNNL_ARG_WEIGHTS_ITER, weights_for(p.w_h, d.w_h, w_h.typed_data(), s)},
-        {DNNL_ARG_BIAS, wrap(d.bias, bias.typed_data())},
-        {DNNL_ARG_DST_LAYER, wrap(d.y, y->typed_data())},
-        {DNNL_ARG_DST_ITER, wrap(d.h, h_last->typed_data())},
-        {DNNL_ARG_SCRATCHPAD, scratch}};
+    auto args = shared_args(p, d, s, x.typed_data(), h0.typed_data(), w_x.typed_data(), w_h.typed_data(),
+                            bias.typed_data(), y->typed_data(), h_last->typed_data());
     if (cell == kLSTM) {
       args.emplace(DNNL_ARG_SRC_ITER_C, wrap(d.h, c0));
       args.emplace(DNNL_ARG_DST_ITER_C, wrap(d.h, c_last));
@@ -247,29 +254,21 @@ ffi::Error backward(Cell cell, F32 x, F32 h0, const float* c0, F32 w_x, F32 w_h,
     const Prim& p = cached(cell, kBackward, sh.T, sh.N, sh.I, H);
     const Descs d(cell, sh.T, sh.N, sh.I, H);
     dnnl::stream s(cpu_engine());
-    memory scratch = wrap(p.scratchpad, thread_scratch(p.scratchpad.get_size()));
     // The workspace is aliased to an output (input_output_aliases): the primitive may write it.
     void* ws = workspace_out->untyped_data();
     if (ws != workspace.untyped_data()) std::memcpy(ws, workspace.untyped_data(), p.workspace.get_size());
     memory dw_x_mem = zeroed(p.dw_x), dw_h_mem = zeroed(p.dw_h);
     std::memset(dbias->typed_data(), 0, d.bias.get_size());
-    std::unordered_map<int, memory> args{
-        {DNNL_ARG_SRC_LAYER, wrap(d.x, x.typed_data())},
-        {DNNL_ARG_SRC_ITER, wrap(d.h, h0.typed_data())},
-        {DNNL_ARG_WEIGHTS_LAYER, weights_for(p.w_x, d.w_x, w_x.typed_data(), s)},
-        {DNNL_ARG_WEIGHTS_ITER, weights_for(p.w_h, d.w_h, w_h.typed_data(), s)},
-        {DNNL_ARG_BIAS, wrap(d.bias, bias.typed_data())},
-        {DNNL_ARG_DST_LAYER, wrap(d.y, y.typed_data())},
-        {DNNL_ARG_DST_ITER, wrap(d.h, h_last.typed_data())},
-        {DNNL_ARG_WORKSPACE, wrap(p.workspace, ws)},
-        {DNNL_ARG_DIFF_DST_LAYER, wrap(d.y, dy.typed_data())},
-        {DNNL_ARG_DIFF_DST_ITER, wrap(d.h, dh_last.typed_data())},
-        {DNNL_ARG_DIFF_SRC_LAYER, wrap(d.x, dx->typed_data())},
-        {DNNL_ARG_DIFF_SRC_ITER, wrap(d.h, dh0->typed_data())},
-        {DNNL_ARG_DIFF_WEIGHTS_LAYER, dw_x_mem},
-        {DNNL_ARG_DIFF_WEIGHTS_ITER, dw_h_mem},
-        {DNNL_ARG_DIFF_BIAS, wrap(d.bias, dbias->typed_data())},
-        {DNNL_ARG_SCRATCHPAD, scratch}};
+    auto args = shared_args(p, d, s, x.typed_data(), h0.typed_data(), w_x.typed_data(), w_h.typed_data(),
+                            bias.typed_data(), y.typed_data(), h_last.typed_data());
+    args.emplace(DNNL_ARG_WORKSPACE, wrap(p.workspace, ws));
+    args.emplace(DNNL_ARG_DIFF_DST_LAYER, wrap(d.y, dy.typed_data()));
+    args.emplace(DNNL_ARG_DIFF_DST_ITER, wrap(d.h, dh_last.typed_data()));
+    args.emplace(DNNL_ARG_DIFF_SRC_LAYER, wrap(d.x, dx->typed_data()));
+    args.emplace(DNNL_ARG_DIFF_SRC_ITER, wrap(d.h, dh0->typed_data()));
+    args.emplace(DNNL_ARG_DIFF_WEIGHTS_LAYER, dw_x_mem);
+    args.emplace(DNNL_ARG_DIFF_WEIGHTS_ITER, dw_h_mem);
+    args.emplace(DNNL_ARG_DIFF_BIAS, wrap(d.bias, dbias->typed_data()));
     if (cell == kLSTM) {
       args.emplace(DNNL_ARG_SRC_ITER_C, wrap(d.h, c0));
       args.emplace(DNNL_ARG_DST_ITER_C, wrap(d.h, c_last));
