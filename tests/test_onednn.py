@@ -125,6 +125,11 @@ def test_auto_falls_back_to_fused_where_onednn_cannot_serve(name):
 
 
 @needs_extension
+def test_the_loaded_library_reports_its_onednn_version():
+    assert re.fullmatch(r"3\.\d+\.\d+", onednn_rnn.version())
+
+
+@needs_extension
 def test_under_vmap_and_a_reused_vjp():
     """vmap runs the custom call once per element; a vjp closure called twice sees its
     residuals (oneDNN's workspace) unchanged."""

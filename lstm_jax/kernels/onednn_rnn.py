@@ -30,7 +30,7 @@ What the measurements decided (2-core x86-64 CPU; README, Performance):
   OpenMP stop spinning at its barriers, and the LSTM at (B, T, H) = (8, 500, 128) took
   ~100 ms instead of ~15 ms forward, PyTorch's own as well.
 - Each calling thread keeps its scratchpad, and the fresh training workspace (tens of MB per
-  call) is advised onto 2 MiB pages: faulting them in 4 KiB at a time cost more than a third
+  call) is advised onto 2 MiB pages: faulting them in 4 KiB at a time cost about a quarter
   of the forward+backward time at (8, 500, 128).
 - Tried first and dropped: our own C++ loop over time calling oneDNN's ``sgemm`` per step,
   with the projection and weight gradients left to XLA. It was slower than the fused XLA form
