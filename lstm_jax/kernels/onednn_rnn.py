@@ -82,13 +82,12 @@ def _onednn_prefix() -> Path:
     return Path(sysconfig.get_paths()["data"])
 
 
-def build(output: Path | None = None, *, compiler: str = "g++", quiet: bool = False) -> Path:
+def build(output: Path | None = None, *, compiler: str = "g++") -> Path:
     """Compiles ``rnn.cc`` into the shared library the ``"onednn"`` form loads.
 
     Args:
       output: where to write it (default :data:`LIBRARY`).
       compiler: a C++17 compiler.
-      quiet: print nothing on success.
 
     Returns:
       The library's path. Raises ``RuntimeError`` naming what is missing (oneDNN's headers or
@@ -112,8 +111,7 @@ def build(output: Path | None = None, *, compiler: str = "g++", quiet: bool = Fa
     if done.returncode != 0:
         raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
     os.replace(tmp, output)  # atomic: a concurrent loader never sees half a library
-    if not quiet:
-        print(f"built {output}")
+    print(f"built {output}")
     return output
 
 

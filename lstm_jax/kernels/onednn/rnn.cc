@@ -47,10 +47,6 @@ dnnl::engine& cpu_engine() {
   return engine;
 }
 
-struct Shape {
-  int64_t T, N, I, H;
-};
-
 // The descriptors of one (cell, shape): what the user's buffers look like.
 struct Descs {
   memory::desc x, h, w_x, w_h, bias, y, any_w_x, any_w_h;
@@ -76,14 +72,15 @@ dnnl::primitive_attr user_scratchpad() {
 
 // A forward primitive (inference or training) or a backward one, with its descriptor.
 struct Prim {
+  Descs d;  // the user's buffers
   dnnl::primitive prim;
-  memory::desc w_x, w_h, dw_x, dw_h, workspace, scratchpad;
+  memory::desc w_x, w_h, dw_x, dw_h, workspace, scratchpad;  // what the primitive wants
 };
 
 Prim build(Cell cell, Pass pass, int64_t T, int64_t N, int64_t I, int64_t H) {
-  Descs d(cell, T, N, I, H);
+  Prim p{Descs(cell, T, N, I, H)};
+  const Descs& d = p.d;
   auto& eng = cpu_engine();
-  Prim p;
   if (pass != kBackward) {
     if (cell == kLSTM) {
       auto pd = dnnl::lstm_forward::primitive_desc(
@@ -177,11 +174,6 @@ memory weights_for(const memory::desc& wanted, const memory::desc& user_md, cons
   return mine;
 }
 
-template <typename B>
-Shape shape_of(const B& x, int64_t H) {
-  auto dims = x.dimensions();
-  return Shape{dims[0], dims[1], dims[2], H};
-}
 
 ffi::Error failure(const std::exception& e) {
   return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN RNN: ") + e.what());
@@ -191,6 +183,12 @@ using F32 = ffi::Buffer<ffi::F32>;
 using OutF32 = ffi::ResultBuffer<ffi::F32>;
 using OutU8 = ffi::ResultBuffer<ffi::U8>;
 using U8 = ffi::Buffer<ffi::U8>;
+
+// The primitive for a call with inputs x [T, N, I] and carry h0 [N, H].
+const Prim& primitive_for(Cell cell, Pass pass, const F32& x, const F32& h0) {
+  const auto dims = x.dimensions();
+  return cached(cell, pass, dims[0], dims[1], dims[2], h0.dimensions()[1]);
+}
 
 // The arguments forward and backward share: the layer's inputs, weights (in the primitive's
 // layout), bias and outputs, and this thread's scratchpad.
@@ -213,10 +211,8 @@ std::unordered_map<int, memory> shared_args(const Prim& p, const Descs& d, dnnl:
 ffi::Error forward(Cell cell, Pass pass, F32 x, F32 h0, const float* c0, F32 w_x, F32 w_h, F32 bias, OutF32 y,
                    OutF32 h_last, float* c_last, uint8_t* workspace) {
   try {
-    const int64_t H = h0.dimensions()[1];
-    const Shape sh = shape_of(x, H);
-    const Prim& p = cached(cell, pass, sh.T, sh.N, sh.I, H);
-    const Descs d(cell, sh.T, sh.N, sh.I, H);
+    const Prim& p = primitive_for(cell, pass, x, h0);
+    const Descs& d = p.d;
     dnnl::stream s(cpu_engine());
     auto args = shared_args(p, d, s, x.typed_data(), h0.typed_data(), w_x.typed_data(), w_h.typed_data(),
                             bias.typed_data(), y->typed_data(), h_last->typed_data());
@@ -249,10 +245,8 @@ ffi::Error backward(Cell cell, F32 x, F32 h0, const float* c0, F32 w_x, F32 w_h,
                     const float* c_last, U8 workspace, F32 dy, F32 dh_last, const float* dc_last, OutF32 dx,
                     OutF32 dh0, float* dc0, OutF32 dw_x, OutF32 dw_h, OutF32 dbias, OutU8 workspace_out) {
   try {
-    const int64_t H = h0.dimensions()[1];
-    const Shape sh = shape_of(x, H);
-    const Prim& p = cached(cell, kBackward, sh.T, sh.N, sh.I, H);
-    const Descs d(cell, sh.T, sh.N, sh.I, H);
+    const Prim& p = primitive_for(cell, kBackward, x, h0);
+    const Descs& d = p.d;
     dnnl::stream s(cpu_engine());
     // The workspace is aliased to an output (input_output_aliases): the primitive may write it.
     void* ws = workspace_out->untyped_data();
