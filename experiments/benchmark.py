@@ -19,7 +19,8 @@ Implementations (those that cannot run here are skipped with the reason printed)
   entry at ``--unroll``: ``scan`` (the generic scan, differentiated by JAX: what the fused
   path is measured against) or one of the cell's forms by name (``cell.forms``: ``onednn``
   and ``fused`` for both, ``pallas`` for the LSTM, the Pallas kernels; interpret mode off
-  the GPU, so only meaningful on a GPU); a cell without that form skips the row;
+  the GPU, so only meaningful on a GPU); a cell without that form, or whose form refuses
+  the call, skips the row;
 - ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H) | nn.GRUCell(H), unroll=--unroll)``;
 - ``equinox``: ``eqx.nn.LSTMCell | GRUCell`` in ``jax.lax.scan(unroll=--unroll)``, vmapped
   over the batch (Equinox's documented pattern);
@@ -88,10 +89,11 @@ def parse_args(argv=None):
     p.add_argument("--cells", default="lstm,gru", help=f"comma-separated, from {sorted(CELLS)}")
     p.add_argument("--dtypes", default=None,
                    help="comma-separated, from float32,bfloat16 (default float32 on CPU, both on GPU)")
-    p.add_argument("--unroll", type=int, default=1,
-                   help="lax.scan unroll factor for ours (the ratios' reference) and for Flax and Equinox")
+    p.add_argument("--unroll", type=int, default=None,
+                   help="lax.scan unroll factor for ours (the ratios' reference) and for Flax and Equinox "
+                        "(default: lstm_jax.default_unroll(), ours with unroll='auto': 8 on GPU, 1 elsewhere)")
     p.add_argument("--unrolls", default=None,
-                   help="comma-separated further unroll factors to time ours at ('' for none; default 1,4,8 "
+                   help="comma-separated further unroll factors to time ours at ('' for none; default 1,4 "
                         "on GPU, none on CPU, where impl='auto' is oneDNN's primitive, which has no unroll)")
     p.add_argument("--impls", default=None,
                    help=f"comma-separated further implementations of ours: scan (the generic scan) or a "
@@ -106,6 +108,9 @@ def parse_args(argv=None):
     p.add_argument("--tol", type=float, default=1e-4, help="max |output difference| allowed vs ours, float32")
     p.add_argument("--tol-bf16", type=float, default=5e-2, help="the same for bfloat16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: start no new (cell, dtype, size) group after this long (the groups run in "
+                        "the order dtypes x cells x sizes; the JSON is rewritten after each group)")
     p.add_argument("--out", default="results/benchmark.json", help="JSON output path")
     args = p.parse_args(argv)
 
@@ -133,10 +138,12 @@ def parse_args(argv=None):
             p.error(f"{flag}: unknown {unknown}; choose from {sorted(known)}")
     try:
         if args.unrolls is None:
-            args.unrolls = "1,4,8" if on_gpu else ""
+            args.unrolls = "1,4" if on_gpu else ""
         extra = [int(u) for u in args.unrolls.split(",") if u.strip()]
     except ValueError:
         p.error(f"--unrolls must be comma-separated integers, got {args.unrolls!r}")
+    if args.unroll is None:
+        args.unroll = lj.default_unroll()
     args.unrolls = list(dict.fromkeys([args.unroll] + extra))  # the reference first, no duplicates
     if min(args.unrolls) < 1:
         p.error(f"unroll factors must be >= 1, got {args.unrolls}")
@@ -281,7 +288,7 @@ def _torch_module(p: Problem, device: str):
         raise Skip(f"torch not installed ({e})")
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[p.dtype]
     module = to_torch(lj.stack([lj.layer(p.cell)]), (p.params,)).to(device=device, dtype=tdtype)
-    xs = torch.from_numpy(np.array(p.xs, np.float32))  # a writable copy.to(device=device, dtype=tdtype)
+    xs = torch.from_numpy(np.array(p.xs, np.float32)).to(device=device, dtype=tdtype)  # np.array: a writable copy
     return torch, module, xs
 
 
@@ -474,65 +481,83 @@ def main(argv=None):
     if args.repeats < 20:
         print(f"note: --repeats {args.repeats} is below the protocol's 20", flush=True)
 
+    meta = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command=" ".join([pathlib.Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        device=describe_device(), backend=jax.default_backend(), versions=versions,
+        python=platform.python_version(), torch_threads=torch_threads, cpu_count=os.cpu_count(),
+        load_average_start=load_start, load_average_end=None,
+        jax_default_matmul_precision=jax.config.jax_default_matmul_precision,
+        measure=("median ms of `repeats` calls after the first (compiling) call and `warmup` more; "
+                 "fwd = outputs; fwd_bwd = grad of sum(outputs) w.r.t. params and inputs"),
+        args={k: v for k, v in vars(args).items()},
+    )
     rows, checks, skipped, floors = [], [], [], []
-    for cell_name in args.cells:
+    started = time.perf_counter()
+    groups = [(c, d, s) for d in args.dtypes for c in args.cells for s in args.sizes]  # in priority order
+    for n_done, (cell_name, dtype, (B, T, H)) in enumerate(groups):
+        if args.time_budget is not None and time.perf_counter() - started > args.time_budget:
+            left = [f"{c} {b}x{t}x{h} {d}" for c, d, (b, t, h) in groups[n_done:]]
+            print(f"\n--time-budget {args.time_budget:g} s spent: not measured: {', '.join(left)}", flush=True)
+            skipped.extend(dict(cell=c, B=b, T=t, I=h, H=h, dtype=d, impl="*", reason="--time-budget spent")
+                           for c, d, (b, t, h) in groups[n_done:])
+            break
         make, G = CELLS[cell_name]
-        for B, T, H in args.sizes:
-            I = H
-            for dtype in args.dtypes:
-                cell = make(H)
-                params = cell.init(jax.random.key(args.seed), I, dtype=DTYPES[dtype])
-                xs = jax.random.normal(jax.random.key(args.seed + 1), (B, T, I), DTYPES[dtype])
-                p = Problem(cell_name, cell, G, params, xs, dtype, args.unroll, on_gpu)
-                group = dict(cell=cell_name, B=B, T=T, I=I, H=H, dtype=dtype)
-                tag = f"{cell_name} B={B} T={T} H=I={H} {dtype}"
-                print(f"\n{tag}", flush=True)
+        I = H
+        cell = make(H)
+        params = cell.init(jax.random.key(args.seed), I, dtype=DTYPES[dtype])
+        xs = jax.random.normal(jax.random.key(args.seed + 1), (B, T, I), DTYPES[dtype])
+        p = Problem(cell_name, cell, G, params, xs, dtype, args.unroll, on_gpu)
+        group = dict(cell=cell_name, B=B, T=T, I=I, H=H, dtype=dtype)
+        tag = f"{cell_name} B={B} T={T} H=I={H} {dtype}"
+        print(f"\n{tag}", flush=True)
 
-                impls = [build_ours(p, u) for u in args.unrolls]
-                ref_out = impls[0].outputs()
-                tol = args.tol if dtype == "float32" else args.tol_bf16
-                status = {impls[0].name: "ref"}
-                ours_extra = {f"{OURS} {n}": (lambda p, n=n: build_ours(p, p.unroll, n)) for n in args.impls}
-                for name in [*ours_extra, *args.peers]:
-                    try:
-                        impl = ours_extra[name](p) if name in ours_extra else PEERS[name](p)
-                        result = check(ref_out, impl, tol)
-                    except Skip as e:
-                        print(f"  {name}: skipped: {e}", flush=True)
-                        skipped.append(dict(group, impl=name, reason=str(e)))
-                        continue
-                    except Exception as e:  # a peer that fails to build or run here
-                        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                        print(f"  {name}: skipped: failed: {reason}", flush=True)
-                        skipped.append(dict(group, impl=name, reason=f"failed: {reason}"))
-                        continue
-                    checks.append(dict(group, impl=name, **result))
-                    mark = "ok" if result["ok"] else "MISMATCH"
-                    status[name] = f"{fmt(result['max_abs_diff'], '.1e')} {mark}"
-                    print(f"  check {name} vs {OURS}: max |diff| {fmt(result['max_abs_diff'], '.2e')} "
-                          f"(tol {tol:g}) {mark}", flush=True)
-                    impls.append(impl)
+        impls = [build_ours(p, u) for u in args.unrolls]
+        ref_out = impls[0].outputs()
+        tol = args.tol if dtype == "float32" else args.tol_bf16
+        status = {impls[0].name: "ref"}
+        ours_extra = {f"{OURS} {n}": (lambda p, n=n: build_ours(p, p.unroll, n)) for n in args.impls}
+        for name in [*ours_extra, *args.peers]:
+            try:
+                impl = ours_extra[name](p) if name in ours_extra else PEERS[name](p)
+                result = check(ref_out, impl, tol)
+            except Skip as e:
+                print(f"  {name}: skipped: {e}", flush=True)
+                skipped.append(dict(group, impl=name, reason=str(e)))
+                continue
+            except Exception as e:  # a peer that fails to build or run here
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                print(f"  {name}: skipped: failed: {reason}", flush=True)
+                skipped.append(dict(group, impl=name, reason=f"failed: {reason}"))
+                continue
+            checks.append(dict(group, impl=name, **result))
+            mark = "ok" if result["ok"] else "MISMATCH"
+            status[name] = f"{fmt(result['max_abs_diff'], '.1e')} {mark}"
+            print(f"  check {name} vs {OURS}: max |diff| {fmt(result['max_abs_diff'], '.2e')} "
+                  f"(tol {tol:g}) {mark}", flush=True)
+            impls.append(impl)
 
-                fwd_flops = 2 * B * T * (I + H) * G * H
-                timings = {mode: time_interleaved([getattr(impl, mode) for impl in impls], args.repeats, args.warmup)
-                           for mode in ("fwd", "fwd_bwd")}
-                ref = {mode: timings[mode][0]["median_ms"] for mode in timings}
-                for k, impl in enumerate(impls):
-                    timing = {mode: timings[mode][k] for mode in timings}
-                    row = dict(group, impl=impl.name, note=impl.note, check=status.get(impl.name, "—"),
-                               fwd=timing["fwd"], fwd_bwd=timing["fwd_bwd"], fwd_flops=fwd_flops)
-                    for mode, flops in (("fwd", fwd_flops), ("fwd_bwd", 3 * fwd_flops)):
-                        ms = timing[mode]["median_ms"]
-                        row[f"{mode}_ratio"] = ms / ref[mode]
-                        row[f"{mode}_gflops"] = flops / (ms * 1e-3) / 1e9
-                    rows.append(row)
-                    print(f"  {impl.name:22s} fwd {timing['fwd']['median_ms']:9.2f} ms   "
-                          f"fwd+bwd {timing['fwd_bwd']['median_ms']:9.2f} ms   "
-                          f"(first calls {timing['fwd']['first_call_s']:.1f} s, "
-                          f"{timing['fwd_bwd']['first_call_s']:.1f} s)", flush=True)
-                floor = matmul_floor(B, T, I, H, G, DTYPES[dtype], args)
-                floors.append(dict(group, fwd_flops=fwd_flops, matmul_ms=floor["median_ms"],
-                                   matmul_gflops=fwd_flops / (floor["median_ms"] * 1e-3) / 1e9))
+        fwd_flops = 2 * B * T * (I + H) * G * H
+        timings = {mode: time_interleaved([getattr(impl, mode) for impl in impls], args.repeats, args.warmup)
+                   for mode in ("fwd", "fwd_bwd")}
+        ref = {mode: timings[mode][0]["median_ms"] for mode in timings}
+        for k, impl in enumerate(impls):
+            timing = {mode: timings[mode][k] for mode in timings}
+            row = dict(group, impl=impl.name, note=impl.note, check=status.get(impl.name, "—"),
+                       fwd=timing["fwd"], fwd_bwd=timing["fwd_bwd"], fwd_flops=fwd_flops)
+            for mode, flops in (("fwd", fwd_flops), ("fwd_bwd", 3 * fwd_flops)):
+                ms = timing[mode]["median_ms"]
+                row[f"{mode}_ratio"] = ms / ref[mode]
+                row[f"{mode}_gflops"] = flops / (ms * 1e-3) / 1e9
+            rows.append(row)
+            print(f"  {impl.name:22s} fwd {timing['fwd']['median_ms']:9.2f} ms   "
+                  f"fwd+bwd {timing['fwd_bwd']['median_ms']:9.2f} ms   "
+                  f"(first calls {timing['fwd']['first_call_s']:.1f} s, "
+                  f"{timing['fwd_bwd']['first_call_s']:.1f} s)", flush=True)
+        floor = matmul_floor(B, T, I, H, G, DTYPES[dtype], args)
+        floors.append(dict(group, fwd_flops=fwd_flops, matmul_ms=floor["median_ms"],
+                           matmul_gflops=fwd_flops / (floor["median_ms"] * 1e-3) / 1e9))
+        write_json(args.out, dict(meta=meta, rows=rows, checks=checks, skipped=skipped, floors=floors))  # so far
 
     load_end = os.getloadavg()
     print(f"\nload average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}\n")
@@ -563,17 +588,7 @@ def main(argv=None):
         print(f"\nWARNING: outputs differ from ours beyond tolerance: "
               f"{[(c['impl'], c['cell'], c['B'], c['T'], c['H'], c['dtype']) for c in mismatches]}")
 
-    meta = dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        command=" ".join([pathlib.Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
-        device=describe_device(), backend=jax.default_backend(), versions=versions,
-        python=platform.python_version(), torch_threads=torch_threads, cpu_count=os.cpu_count(),
-        load_average_start=load_start, load_average_end=load_end,
-        jax_default_matmul_precision=jax.config.jax_default_matmul_precision,
-        measure=("median ms of `repeats` calls after the first (compiling) call and `warmup` more; "
-                 "fwd = outputs; fwd_bwd = grad of sum(outputs) w.r.t. params and inputs"),
-        args={k: v for k, v in vars(args).items()},
-    )
+    meta["load_average_end"] = load_end
     out = write_json(args.out, dict(meta=meta, rows=rows, checks=checks, skipped=skipped, floors=floors))
     print(f"\nwrote {out}")
     if args.plot:

@@ -107,7 +107,7 @@ from lstm_jax.models import (
 )
 from lstm_jax.io import export_step, load, save
 from lstm_jax.ops import masked_softmax
-from lstm_jax.unroll import UnrollAux, reverse_within_lengths, unroll
+from lstm_jax.unroll import UnrollAux, default_unroll, reverse_within_lengths, unroll
 
 __version__ = "0.2.0"
 
@@ -132,7 +132,7 @@ __all__ = [  # sorted
     "MinimalState", "MultiplicativeAttentionConfig", "MultiplicativeParams", "RNNConfig", "RNNParams",
     "RNNState", "Resets", "SLSTMConfig", "SLSTMParams", "SLSTMState", "SequenceForm", "StackConfig",
     "UnrollAux", "additive_attention", "attention_decoder", "bidirectional", "cell_by_name", "checked",
-    "clockwork", "depth_gated_lstm", "dropout", "export_step", "generate", "greff_variant", "grid_lstm", "gru",
+    "clockwork", "default_unroll", "depth_gated_lstm", "dropout", "export_step", "generate", "greff_variant", "grid_lstm", "gru",
     "initializers", "language_model", "layer", "load", "lstm", "masked_softmax", "min_gru", "min_lstm", "mlstm",
     "multiplicative_attention", "mut1", "mut2", "mut3", "readout", "reverse_within_lengths", "rnn", "save",
     "seq2seq", "slstm", "stack", "unroll",

@@ -77,8 +77,13 @@ def rate(name: str, value: Any) -> float:
     return float(value)
 
 
-def unroll_factor(value: Any) -> int | bool:
-    """``lax.scan``'s unroll: True (all steps) or a positive int."""
+def unroll_factor(value: Any) -> int | bool | str:
+    """``lax.scan``'s unroll: True (all steps), a positive int, or ``"auto"`` (the backend's
+    default, :func:`lstm_jax.default_unroll`)."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"`unroll` must be a positive int, True (unroll every step) or 'auto', got {value!r}.")
+        return value
     if isinstance(value, bool):
         if not value:
             raise ValueError("`unroll` must be a positive int or True (unroll every step), got False.")

@@ -31,7 +31,7 @@ def concatenate(a: Array, b: Array) -> Array:
     return jnp.concatenate([a, b], axis=-1)
 
 
-_LAYER_DEFAULTS = dict(reverse=False, time_major=False, unroll=1, impl="auto", remat_chunk=None,
+_LAYER_DEFAULTS = dict(reverse=False, time_major=False, unroll="auto", impl="auto", remat_chunk=None,
                        learn_initial_carry=False)
 
 

@@ -47,7 +47,7 @@ class LayerConfig:
     cell: Cell
     reverse: bool = False
     time_major: bool = False
-    unroll: int | str = 1  # steps per loop iteration, or "all" (unroll=True: True == 1 would alias)
+    unroll: int | str = "auto"  # steps per loop iteration, "all" (unroll=True: True == 1 would alias) or "auto"
     impl: str = "auto"
     remat_chunk: int | None = None
     learn_initial_carry: bool = False
@@ -213,7 +213,7 @@ def layer(
     *,
     reverse: bool = False,
     time_major: bool = False,
-    unroll: int | bool = 1,
+    unroll: int | bool | str = "auto",
     impl: str = "auto",
     remat_chunk: int | None = None,
     learn_initial_carry: bool = False,
@@ -224,7 +224,8 @@ def layer(
       cell: the :class:`~lstm_jax.Cell`.
       reverse: read each sequence backwards (within its length when ``lengths`` is given).
       time_major: ``xs`` is ``[T, ..., I]`` instead of ``[..., T, I]``.
-      unroll: ``lax.scan`` unroll factor.
+      unroll: ``lax.scan`` unroll factor, or ``"auto"`` (the backend's default; see
+        :func:`lstm_jax.unroll`).
       impl: ``"auto"``, ``"scan"`` or one of the cell's forms (``"fused"``, ``"pallas"``,
         ``"parallel"``), as in :func:`lstm_jax.unroll`.
       remat_chunk: chunked rematerialisation, as in :func:`lstm_jax.unroll`.

@@ -52,7 +52,7 @@ class RNN(nn.Module):
     return_carry: bool = False
     reverse: bool = False
     keep_order: bool = False
-    unroll: int | bool = 1
+    unroll: int | bool | str = "auto"
     impl: str = "auto"
     remat_chunk: int | None = None
     learn_initial_carry: bool = False

@@ -78,7 +78,7 @@ class RNN(nnx.Module):
         return_carry: bool = False,
         reverse: bool = False,
         keep_order: bool = False,
-        unroll: int | bool = 1,
+        unroll: int | bool | str = "auto",
         impl: str = "auto",
         remat_chunk: int | None = None,
         learn_initial_carry: bool = False,

@@ -50,6 +50,17 @@ def reverse_within_lengths(xs: Array, lengths: Array) -> Array:
     return jnp.take_along_axis(xs, jnp.broadcast_to(idx, xs.shape), axis=0)
 
 
+# Steps per loop iteration that unroll="auto" gives on a GPU. Measured on an H200 (README,
+# Performance): the fused LSTM at unroll 8 ran forward+backward 1.2-1.9x faster than at unroll 1
+# across the GPU anchor sizes; on the CPU unroll 1 was as fast or faster (and compiles faster).
+GPU_UNROLL = 8
+
+
+def default_unroll() -> int:
+    """``unroll="auto"``'s factor for JAX's default backend: :data:`GPU_UNROLL` on a GPU, else 1."""
+    return GPU_UNROLL if jax.default_backend() == "gpu" else 1
+
+
 # ------------------------------------------------------------------------------ forms
 
 def _blockers(form: SequenceForm, *, empty, lengths, resets, return_carries, return_gates, remat_chunk, arrays):
@@ -163,7 +174,7 @@ def unroll(
     reset_to: Any = None,
     reverse: bool = False,
     time_major: bool = False,
-    unroll: int | bool = 1,
+    unroll: int | bool | str = "auto",
     remat_chunk: int | None = None,
     impl: str = "auto",
     return_carries: bool = False,
@@ -200,7 +211,8 @@ def unroll(
         reversed within its own length (padding stays at the end), which is what a
         bidirectional layer over a padded batch needs. Outputs stay in input order.
       time_major: whether time is the leading axis of ``xs`` (and of the outputs).
-      unroll: passed to ``lax.scan``: steps per loop iteration (or True for all).
+      unroll: passed to ``lax.scan`` (and the forms' loops): steps per loop iteration, True
+        for all, or ``"auto"`` (default): :func:`lstm_jax.default_unroll`, 8 on a GPU and 1 elsewhere.
       remat_chunk: if set to ``K``, rematerialise in chunks of ``K`` steps (chunked gradient
         checkpointing): each chunk's input projection and steps run under ``jax.checkpoint``
         and the backward pass keeps only the carries at chunk boundaries, so training memory
@@ -253,6 +265,8 @@ def unroll(
     elif reset_to is not None:
         raise ValueError("`reset_to` is the carry that `resets` restore; pass `resets` with it.")
     unroll = _checks.unroll_factor(unroll)
+    if unroll == "auto":
+        unroll = default_unroll()
     if remat_chunk is not None:
         remat_chunk = min(_checks.positive_int("remat_chunk", remat_chunk), max(T, 1))
     _checks.boolean("reverse", reverse)

@@ -99,3 +99,51 @@ def test_lm_step_benchmark_times_the_same_model_in_each_implementation(tmp_path)
     assert losses == pytest.approx([losses[0]] * len(losses), rel=1e-5)
     assert rows[0]["ratio"] == 1.0 and all(r["median_ms"] > 0 and len(r["runs_ms"]) == 2 for r in rows)
     assert json.loads((tmp_path / "lm.json").read_text())["args"]["hidden"] == 8
+
+
+def test_benchmark_time_budget_stops_before_the_next_group_and_says_what_is_left(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rows = benchmark.main(["--sizes", "2x3x4,2x5x4", "--cells", "gru", "--impls", "", "--peers", "",
+                           "--repeats", "1", "--warmup", "0", "--time-budget", "0", "--plot", "", "--out", str(out)])
+    assert rows == []
+    assert "--time-budget 0 s spent: not measured: gru 2x3x4 float32, gru 2x5x4 float32" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert [(s["B"], s["T"], s["reason"]) for s in saved["skipped"]] == [(2, 3, "--time-budget spent"),
+                                                                         (2, 5, "--time-budget spent")]
+
+
+def test_benchmark_merge_takes_ratios_within_each_run(tmp_path):
+    merge = load_experiment("benchmark_merge")
+
+    def row(impl, fwd, fwd_bwd, B=8):
+        return dict(cell="lstm", B=B, T=5, H=4, dtype="float32", impl=impl,
+                    fwd={"median_ms": fwd}, fwd_bwd={"median_ms": fwd_bwd})
+
+    run_a = {"meta": {"command": "a", "device": "gpu", "date": "2026-12-04"},
+             "rows": [row("lstm_jax", 2.0, 4.0), row("torch-cudnn", 1.0, 8.0)]}
+    run_b = {"meta": {"command": "b", "device": "gpu", "date": "2026-12-04"},
+             "rows": [row("lstm_jax", 3.0, 6.0), row("flax", 6.0, 18.0), row("lstm_jax cudnn", 3.0, 3.0),
+                      row("torch-cudnn", 9.0, 9.0), row("flax", 1.0, 1.0, B=16)]}  # no ours at B=16: left out
+    paths = []
+    for name, run in (("a", run_a), ("b", run_b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(run))
+    out = tmp_path / "merged.json"
+    merge.main([str(p) for p in paths] + ["--out", str(out), "--rename", "lstm_jax cudnn=jax-cudnn"])
+    merged = json.loads(out.read_text())
+    got = {(r["impl"], r["run"]): (r["fwd_vs_ours"], r["fwd_bwd_vs_ours"]) for r in merged["summary"]}
+    # the first run's torch-cudnn wins over the second's; each ratio uses its own run's "ours"
+    assert got == {("lstm_jax", 0): (1.0, 1.0), ("torch-cudnn", 0): (0.5, 2.0), ("flax", 1): (2.0, 3.0),
+                   ("jax-cudnn", 1): (1.0, 0.5)}
+    assert merged["meta"]["merged_from"] == ["a", "b"] and len(merged["runs"]) == 2
+
+
+def test_gpu_check_compares_each_form_with_the_scan(tmp_path):
+    gpu_check = load_experiment("gpu_check")
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--sizes", "3x4x8", "--cells", "lstm", "--dtypes", "float32", "--forms", "fused",
+                           "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["impl"], r["reverse"]) for r in rows] == [("fused", False), ("fused", True)]
+    for r in rows:  # the CPU: full precision either way, so float32 rounding only
+        assert r["highest"]["ok"] and max(r["highest"][k] for k in ("ys", "d_params", "d_xs", "d_carry")) < 1e-5

@@ -200,15 +200,23 @@ def test_backward_errors(overrides, error, match):
 # --- the GPU path: lowering only ------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated:DeprecationWarning")  # JAX >= 0.11
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_kernels_lower_for_cuda_through_triton(dtype):
     """Lowers (does not compile) the non-interpret kernels for CUDA on any host: Pallas's Triton
-    lowering rejects non-power-of-two tensors and primitives Triton lacks (slicing, concat)."""
+    lowering rejects non-power-of-two tensors and primitives Triton lacks (slicing, concat).
+    JAX 0.11 no longer lowers Triton kernels without a GPU present: skipped there (the kernels
+    compiled and matched the scan on an H200, README Performance)."""
     T, B, H = 3, 20, 12
     seq, gates = jax.ShapeDtypeStruct((T, B, H), dtype), jax.ShapeDtypeStruct((T, B, 4 * H), dtype)
     w, state = jax.ShapeDtypeStruct((H, 4 * H), dtype), jax.ShapeDtypeStruct((B, H), dtype)
     fwd = jax.jit(lambda *a: lstm_forward_pallas(*a, interpret=False))
     bwd = jax.jit(lambda *a: lstm_backward_pallas(*a, interpret=False))
     for fn, args in ((fwd, (gates, w, state, state)), (bwd, (w, gates, seq, state, seq, state, state))):
-        text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        try:
+            text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        except RuntimeError as e:
+            if "No supported GPU devices found" in str(e):
+                pytest.skip(f"this JAX ({jax.__version__}) lowers Triton kernels only with a GPU present")
+            raise
         assert "__gpu$xla.gpu.triton" in text or "triton" in text.lower()

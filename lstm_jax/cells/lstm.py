@@ -225,7 +225,8 @@ def lstm(
       hand-written backward pass, :mod:`lstm_jax.kernels.fused_rnn`; picked by
       ``impl="auto"`` everywhere else) and ``"pallas"`` (the
       recurrence as Pallas kernels, :mod:`lstm_jax.kernels.pallas_lstm`; opt-in, no
-      ``lengths`` or ``resets``; its GPU speed is unmeasured).
+      ``lengths`` or ``resets``; on a GPU only while ``W_h`` fits shared memory: float32
+      up to H = 64, bfloat16 up to 128; its GPU speed is unmeasured).
 
     Raises:
       ValueError: a non-positive ``hidden_size`` or ``proj_size >= hidden_size``; an unknown
@@ -310,6 +311,7 @@ def _lstm_cell(config: LSTMConfig) -> Cell:
                  "fused": SequenceForm(_fused_run("xla"), auto=True,
                                        note="hand-written backward pass (lstm_jax.kernels.fused_rnn)"),
                  "pallas": SequenceForm(_fused_run("pallas"), lengths=False, resets=False,
+                                        refuses=_pallas_refusal,
                                         note="Pallas recurrence kernels (lstm_jax.kernels.pallas_lstm)")}
     return make_cell(config, init=init, init_carry=init_carry, project=project, recur=recur, forms=forms)
 
@@ -324,6 +326,12 @@ def _fused_run(kernel: str):
         return ys, LSTMState(hidden=h, cell=c)
 
     return run
+
+
+def _pallas_refusal(params, xs, carry):
+    from lstm_jax.kernels import pallas_lstm  # Pallas is imported only when the form is asked about
+
+    return pallas_lstm.refusal(params, xs, carry)
 
 
 def _onednn_run(params, xs, carry, *, valid, resets, unroll):
