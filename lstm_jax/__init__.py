@@ -132,8 +132,8 @@ __all__ = [  # sorted
     "MinimalState", "MultiplicativeAttentionConfig", "MultiplicativeParams", "RNNConfig", "RNNParams",
     "RNNState", "Resets", "SLSTMConfig", "SLSTMParams", "SLSTMState", "SequenceForm", "StackConfig",
     "UnrollAux", "additive_attention", "attention_decoder", "bidirectional", "cell_by_name", "checked",
-    "clockwork", "default_unroll", "depth_gated_lstm", "dropout", "export_step", "generate", "greff_variant", "grid_lstm", "gru",
-    "initializers", "language_model", "layer", "load", "lstm", "masked_softmax", "min_gru", "min_lstm", "mlstm",
+    "clockwork", "default_unroll", "depth_gated_lstm", "dropout", "export_step", "generate", "greff_variant",
+    "grid_lstm", "gru", "initializers", "language_model", "layer", "load", "lstm", "masked_softmax", "min_gru", "min_lstm", "mlstm",
     "multiplicative_attention", "mut1", "mut2", "mut3", "readout", "reverse_within_lengths", "rnn", "save",
     "seq2seq", "slstm", "stack", "unroll",
 ]
