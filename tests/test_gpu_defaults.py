@@ -51,18 +51,18 @@ def test_unroll_rejects_other_strings():
         lj.layer(cell, unroll="fast")
 
 
-def _choice(cell, dtype):
+def _call(cell, dtype):
+    """``_choose_form``'s keyword arguments for a plain call: batch 2, T = 5, I = 3."""
     params = cell.init(jax.random.key(0), 3, dtype=dtype)
     xs, carry = jnp.ones((5, 2, 3), dtype), cell.init_carry(params, (2,))
-    call = dict(empty=False, lengths=None, resets=None, return_carries=False, return_gates=False,
+    return dict(empty=False, lengths=None, resets=None, return_carries=False, return_gates=False,
                 remat_chunk=None, arrays=(params, xs, carry))
-    return params, xs, carry, call
 
 
 @pytest.mark.parametrize("make", [lj.lstm, lj.gru])
 def test_auto_takes_the_fused_form_on_a_gpu(on_gpu, make):
     cell = make(256)
-    *_, call = _choice(cell, jnp.float32)
+    call = _call(cell, jnp.float32)
     assert _choose_form(cell, "auto", **call)[0] == "fused"
 
 
@@ -71,7 +71,7 @@ def test_auto_takes_the_fused_form_on_a_gpu(on_gpu, make):
                                                  (jnp.bfloat16, 129, False)])
 def test_pallas_refuses_what_does_not_fit_shared_memory(on_gpu, dtype, hidden, fits):
     cell = lj.lstm(hidden)
-    *_, call = _choice(cell, dtype)
+    call = _call(cell, dtype)
     if fits:
         assert _choose_form(cell, "pallas", **call)[0] == "pallas"
     else:
@@ -82,5 +82,5 @@ def test_pallas_refuses_what_does_not_fit_shared_memory(on_gpu, dtype, hidden, f
 
 def test_pallas_takes_any_hidden_size_off_the_gpu():
     cell = lj.lstm(128)  # interpret mode on the CPU: no shared-memory limit
-    *_, call = _choice(cell, jnp.float32)
+    call = _call(cell, jnp.float32)
     assert _choose_form(cell, "pallas", **call)[0] == "pallas"
