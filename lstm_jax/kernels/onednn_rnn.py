@@ -47,7 +47,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -55,6 +54,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lstm_jax.kernels import _extension
 
 Array = jax.Array
 
@@ -99,36 +100,19 @@ def build(output: Path | None = None, *, compiler: str = "g++") -> Path:
     if not header.exists() or not lib.exists():
         raise RuntimeError(f"oneDNN not found under {prefix} (want {header} and {lib}): "
                            "pip install -e '.[onednn]' (onednn-cpu-tbb, onednn-devel-cpu-tbb, intel-cmplr-lib-rt)")
-    tmp = output.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-pthread", f"-I{jax.ffi.include_dir()}",
-           f"-I{prefix / 'include'}", str(SOURCE), f"-L{prefix / 'lib'}", "-ldnnl",
-           # DT_RPATH, not RUNPATH: it also finds libdnnl's own dependencies (libtbb, libimf) there
-           f"-Wl,--disable-new-dtags,-rpath,{prefix / 'lib'}", "-o", str(tmp)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError as e:
-        raise RuntimeError(f"no C++ compiler {compiler!r}: {e}") from e
-    if done.returncode != 0:
-        raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
-    os.replace(tmp, output)  # atomic: a concurrent loader never sees half a library
-    print(f"built {output}")
-    return output
+    return _extension.compile_library(
+        SOURCE, output, ["-O2", f"-I{prefix / 'include'}"],
+        # DT_RPATH, not RUNPATH: it also finds libdnnl's own dependencies (libtbb, libimf) there
+        [f"-L{prefix / 'lib'}", "-ldnnl", f"-Wl,--disable-new-dtags,-rpath,{prefix / 'lib'}"], compiler=compiler)
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | str:
     """The loaded library with its FFI targets registered, or why it could not be loaded."""
-    rebuild = "`make install` builds it, or `python -m lstm_jax.kernels.onednn`"
-    if not LIBRARY.exists():
-        return f"the oneDNN extension is not built ({LIBRARY} is missing; {rebuild})"
-    if SOURCE.exists() and SOURCE.stat().st_mtime > LIBRARY.stat().st_mtime:
-        return f"the oneDNN extension {LIBRARY} is older than its source {SOURCE.name} ({rebuild})"
-    try:
-        lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
-    except OSError as e:
-        return f"the oneDNN extension {LIBRARY} does not load: {e}"
-    for name, symbol in _TARGETS.items():
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    lib = _extension.load(LIBRARY, SOURCE, _TARGETS, "oneDNN extension",
+                          "`make install` builds it, or `python -m lstm_jax.kernels.onednn`")
+    if isinstance(lib, str):
+        return lib
     lib.lstm_jax_onednn_workspace_bytes.restype = ctypes.c_int64
     lib.lstm_jax_onednn_workspace_bytes.argtypes = [ctypes.c_int64] * 5
     lib.lstm_jax_onednn_version.restype = ctypes.c_int64
