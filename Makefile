@@ -6,12 +6,14 @@ BIN    := $(VENV)/bin
 # torch is only needed for the parity tests; pin it so pip takes the CPU build where one is cached.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-dev
-# The oneDNN form's C++ extension (lstm_jax.kernels.onednn_rnn): built after the install and
-# whenever its source changes; if it cannot be built, the set-up says why and the fused XLA
+# The C++ extensions of the "native" form (lstm_jax.kernels.native_rnn: a C++ compiler is all
+# it needs) and of the "onednn" form (lstm_jax.kernels.onednn_rnn): built after the install and
+# whenever their source changes; if one cannot be built, the set-up says why and the fused XLA
 # form serves instead.
+NATIVE := lstm_jax/kernels/native/liblstm_native.so
 ONEDNN := lstm_jax/kernels/onednn/librnn_onednn.so
 
-.PHONY: run lm test install onednn clean
+.PHONY: run lm test install native onednn clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +28,14 @@ $(STAMP): pyproject.toml Makefile
 $(ONEDNN): lstm_jax/kernels/onednn/rnn.cc $(STAMP)
 	$(BIN)/python -m lstm_jax.kernels.onednn --optional
 
+$(NATIVE): lstm_jax/kernels/native/lstm.cc $(STAMP)
+	$(BIN)/python -m lstm_jax.kernels.native --optional
+
+native: $(NATIVE)
+
 onednn: $(ONEDNN)
 
-install: $(STAMP) onednn
+install: $(STAMP) native onednn
 
 run: install
 	$(BIN)/python experiments/long_term_deps.py $(ARGS)
@@ -40,4 +47,4 @@ test: install
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 -q $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache $(ONEDNN)
+	rm -rf $(VENV) .pytest_cache $(NATIVE) $(ONEDNN)

@@ -32,6 +32,33 @@ def perturb(tree, rng, scale=0.5):
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a) + scale * rng.standard_normal(a.shape), a.dtype), tree)
 
 
+# ------------------------------------------------------------------------------ the C++ forms
+
+def float32_problem(cell, batch, I, T, seed=0):
+    """``(params, xs [*batch, T, I], carry)`` in float32 for a C++ form's test: drawn in float64,
+    perturbed (so zero-initialised biases matter), then cast."""
+    rng = np.random.default_rng(seed)
+    params = perturb(cell.init(jax.random.key(seed), I, dtype=jnp.float64), rng)
+    carry = perturb(cell.init_carry(params, batch), rng)
+    xs = normal(rng, tuple(batch) + (T, I))
+    cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
+    return cast(params), cast(xs), cast(carry)
+
+
+def value_and_grads(cell, params, xs, carry, impl, **kw):
+    """Outputs, final carry and the gradient of a scalar mixing both, w.r.t. params, xs, carry
+    (``lj.unroll`` with ``impl`` and the options ``kw``, jitted)."""
+    weights = jax.random.normal(jax.random.key(7), jnp.shape(xs)[:-1] + (cell.output_size,), jnp.float32)
+
+    def loss(p, x, c):
+        ys, final = lj.unroll(cell, p, x, c, impl=impl, **kw)
+        total = jnp.sum(weights * jnp.sin(ys))
+        return total + sum(jnp.sum(jnp.cos(leaf)) for leaf in jax.tree.leaves(final)), (ys, final)
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, carry)
+    return out, grads
+
+
 # ------------------------------------------------------------------------------ training runs
 
 def delayed_recall(key, batch, T, I, lag, dtype):

@@ -200,7 +200,7 @@ def test_a_legacy_uint32_key_is_accepted():
     (lambda: lj.unroll(PLAIN, PLAIN_PARAMS, XS, impl=None), TypeError,
      "`impl` must be a string ('auto', 'scan' or a form name), got None."),
     (lambda: lj.layer(PLAIN, impl="parallel"), ValueError,
-     "`impl` must be 'auto', 'scan' or one of lstm(4)'s forms ('onednn', 'fused', 'pallas'), got 'parallel'."),
+     "`impl` must be 'auto', 'scan' or one of lstm(4)'s forms ('native', 'onednn', 'fused', 'pallas'), got 'parallel'."),
     (lambda: lj.unroll(PLAIN, PLAIN_PARAMS, XS, reset_to=PLAIN.init_carry(PLAIN_PARAMS, (B,))), ValueError,
      "`reset_to` is the carry that `resets` restore; pass `resets` with it."),
     (lambda: lj.unroll(PLAIN, PLAIN_PARAMS, XS, resets=jnp.zeros((B, T), jnp.int32)), TypeError,

@@ -188,7 +188,7 @@ def test_impl_errors_name_the_reason(impl):
     plain = lj.lstm(H)
     with pytest.raises(ValueError, match="`return_gates` needs the generic scan"):
         lj.unroll(plain, plain.init(jax.random.key(0), I), xs, impl=impl, return_gates=True)
-    with pytest.raises(ValueError, match=re.escape("lstm(5) has no form 'cudnn'; its forms: 'onednn', 'fused', 'pallas'")):
+    with pytest.raises(ValueError, match=re.escape("lstm(5) has no form 'cudnn'; its forms: 'native', 'onednn', 'fused', 'pallas'")):
         lj.unroll(plain, plain.init(jax.random.key(0), I), xs, impl="cudnn")
 
 

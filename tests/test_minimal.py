@@ -546,7 +546,7 @@ P = "parallel"
 
 @pytest.mark.parametrize("thunk, error, match", [
     (lambda: run(P, lj.lstm(H), lj.lstm(H).init(jax.random.key(0), I, dtype=F64), XS), ValueError,
-     r"`impl='parallel'`: lstm\(4\) has no form 'parallel'; its forms: 'onednn', 'fused', 'pallas' \(and 'auto' or 'scan'"),
+     r"`impl='parallel'`: lstm\(4\) has no form 'parallel'; its forms: 'native', 'onednn', 'fused', 'pallas' \(and 'auto' or 'scan'"),
     (lambda: lj.layer(lj.gru(H), impl=P), ValueError,
      r"`impl` must be 'auto', 'scan' or one of gru\(4\)'s forms \('onednn', 'fused'\), got 'parallel'"),
     (lambda: run(P, CELL, PARAMS, XS, return_gates=True), ValueError,

@@ -20,7 +20,7 @@ import pytest
 
 import helpers  # tests/helpers.py
 import lstm_jax as lj
-from lstm_jax.kernels import onednn_rnn
+from lstm_jax.kernels import native_rnn, onednn_rnn
 
 F32, F64 = jnp.float32, jnp.float64
 I, T, H = 3, 6, 5
@@ -33,25 +33,10 @@ needs_extension = pytest.mark.skipif(onednn_rnn.unavailable() is not None,
 
 def problem(name, batch=(4,), seed=0):
     cell = CELLS[name]()
-    rng = np.random.default_rng(seed)
-    params = helpers.perturb(cell.init(jax.random.key(seed), I, dtype=F64), rng)
-    carry = helpers.perturb(cell.init_carry(params, batch), rng)
-    xs = helpers.normal(rng, batch + (T, I))
-    cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, F32), tree)
-    return cell, cast(params), cast(xs), cast(carry)
+    return (cell, *helpers.float32_problem(cell, batch, I, T, seed))
 
 
-def value_and_grads(cell, params, xs, carry, impl, **kw):
-    """Outputs, final carry and the gradient of a scalar mixing both, w.r.t. params, xs, carry."""
-    weights = jax.random.normal(jax.random.key(7), jnp.shape(xs)[:-1] + (cell.output_size,), F32)
-
-    def loss(p, x, c):
-        ys, final = lj.unroll(cell, p, x, c, impl=impl, **kw)
-        total = jnp.sum(weights * jnp.sin(ys))
-        return total + sum(jnp.sum(jnp.cos(leaf)) for leaf in jax.tree.leaves(final)), (ys, final)
-
-    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, carry)
-    return out, grads
+value_and_grads = helpers.value_and_grads
 
 
 def uses_onednn(fn, *args) -> bool:
@@ -89,7 +74,9 @@ def test_auto_takes_onednn_for_the_gru_only_when_asked():
 
 
 @needs_extension
-def test_auto_takes_onednn_for_the_lstm_in_float32_on_the_cpu_from_the_measured_sizes():
+def test_auto_takes_onednn_for_the_lstm_in_float32_on_the_cpu_from_the_measured_sizes(monkeypatch):
+    """Where the native form cannot run (it comes first; tests/test_native.py)."""
+    monkeypatch.setattr(native_rnn, "unavailable", lambda: "not built (test)")
     name = "lstm"
     cell, params, xs = big_problem(name)
     assert uses_onednn(lambda p, x: lj.unroll(cell, p, x)[0], params, xs)

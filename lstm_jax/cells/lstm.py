@@ -12,7 +12,7 @@ from lstm_jax import _checks
 from lstm_jax import initializers as inits
 from lstm_jax.cell import Cell, CellConfig, SequenceForm
 from lstm_jax.cells.base import initializer, make_cell, or_default, set_fields
-from lstm_jax.kernels import fused_rnn, onednn_rnn
+from lstm_jax.kernels import fused_rnn, native_rnn, onednn_rnn
 from lstm_jax.ops import ACTIVATIONS, clip_gradient, lstm_update, split_blocks
 from lstm_jax.ops import layer_norm as layer_norm_fn
 
@@ -218,10 +218,12 @@ def lstm(
       :class:`LSTMState`. ``project(params, xs[..., I]) -> [..., G*H]``; ``recur`` returns
       ``y_t = h_t [..., O]``; gates ``input``, ``forget``, ``candidate``, ``output`` (those
       present), ``cell``, ``hidden``. The vanilla cell (no option but ``forget_bias`` and the
-      initialisers) has the forms ``"onednn"`` (oneDNN's LSTM primitive,
-      :mod:`lstm_jax.kernels.onednn_rnn`; picked by ``impl="auto"`` on the CPU for float32
-      without ``lengths`` or ``resets`` from batch 8 and hidden size 128 on, when the
-      extension is built), ``"fused"`` (a
+      initialisers) has the forms ``"native"`` (the recurrence as C++,
+      :mod:`lstm_jax.kernels.native_rnn`; picked by ``impl="auto"`` on the CPU for float32
+      without ``lengths`` or ``resets`` from hidden size 128 on, when the extension is
+      built), ``"onednn"`` (oneDNN's LSTM primitive, :mod:`lstm_jax.kernels.onednn_rnn`;
+      picked by ``"auto"`` in the same cases from batch 8 on where ``"native"`` is not
+      built), ``"fused"`` (a
       hand-written backward pass, :mod:`lstm_jax.kernels.fused_rnn`; picked by
       ``impl="auto"`` everywhere else) and ``"pallas"`` (the
       recurrence as Pallas kernels, :mod:`lstm_jax.kernels.pallas_lstm`; opt-in, no
@@ -305,7 +307,10 @@ def _lstm_cell(config: LSTMConfig) -> Cell:
 
     forms = {}
     if config.vanilla:
-        forms = {"onednn": SequenceForm(_onednn_run, lengths=False, resets=False, auto=onednn_rnn.preferred,
+        forms = {"native": SequenceForm(_native_run, lengths=False, resets=False, auto=native_rnn.preferred,
+                                        refuses=native_rnn.refusal,
+                                        note="hand-written C++ recurrence on the CPU (lstm_jax.kernels.native_rnn)"),
+                 "onednn": SequenceForm(_onednn_run, lengths=False, resets=False, auto=onednn_rnn.preferred,
                                         refuses=onednn_rnn.refusal,
                                         note="oneDNN's LSTM primitive on the CPU (lstm_jax.kernels.onednn_rnn)"),
                  "fused": SequenceForm(_fused_run("xla"), auto=True,
@@ -332,6 +337,12 @@ def _pallas_refusal(params, xs, carry):
     from lstm_jax.kernels import pallas_lstm  # Pallas is imported only when the form is asked about
 
     return pallas_lstm.refusal(params, xs, carry)
+
+
+def _native_run(params, xs, carry, *, valid, resets, unroll):
+    """The ``"native"`` form of the vanilla LSTM (no masks: ``valid`` and ``resets`` are None)."""
+    ys, (h, c) = native_rnn.lstm_layer(params.w_x, params.w_h, params.b, xs, carry.hidden, carry.cell)
+    return ys, LSTMState(hidden=h, cell=c)
 
 
 def _onednn_run(params, xs, carry, *, valid, resets, unroll):

@@ -1,0 +1,604 @@
+// The LSTM's recurrence on the CPU, written out: an XLA FFI handler for the forward pass (with or
+// without the residuals the backward pass reads) and one for the backward pass.
+//
+// What it does: per step the products x_t W_x + h_{t-1} W_h (the input projection a few steps
+// at a time, see kProjectionRows), the gates and the cell update (forward); per step
+// dh = dG_{t+1} W_h^T and the gate gradients dG_t (backward). Both weights are packed once per
+// call so that each step reads them in the order it uses them. What it leaves to XLA
+// (lstm_jax/kernels/native_rnn.py): the weight, bias and input gradients from dG, one large
+// matmul each over all steps.
+//
+// Threads split the hidden units (blocks of 8, one 256-bit vector): a thread computes all four
+// gates of its units, so the cell update needs nothing from the others and one barrier per step
+// (after h_t, or dG_t, is written) suffices. The calling thread is one of them; the rest come from
+// a pool of our own that sleeps between calls. GCC/Clang vector extensions, not intrinsics: the
+// same source compiles for any CPU (-march=native picks AVX2/AVX-512 or SSE/NEON).
+//
+// Layouts, row-major, time-major: xs [T, B, I]; w_x [I, 4H], w_h [H, 4H], b [4H] (gate blocks
+// i, f, g, o along the last axis); h0, c0 [B, H]; ys [T, B, H]; residuals gates [T, B, 4H] (the
+// activations i, f, g, o) and cs [T, B, H] (c_t); backward output dG [T, B, 4H] (the
+// pre-activation gradients).
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef LSTM_JAX_NO_FFI
+#include "xla/ffi/api/ffi.h"
+#endif
+
+namespace {
+
+// --- vectors of 8 floats ---------------------------------------------------------------------
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));  // unaligned access
+typedef int32_t v8i __attribute__((vector_size(32)));
+constexpr int L = 8;
+
+inline v8 load(const float* p) { return *reinterpret_cast<const v8u*>(p); }
+inline void store(float* p, v8 v) { *reinterpret_cast<v8u*>(p) = v; }
+inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
+// The first n (1..8) lanes; the rest zero.
+inline v8 load_n(const float* p, int n) {
+  if (n == L) return load(p);
+  float t[L] = {};
+  std::memcpy(t, p, n * sizeof(float));
+  return load(t);
+}
+inline void store_n(float* p, v8 v, int n) {
+  if (n == L) return store(p, v);
+  float t[L];
+  store(t, v);
+  std::memcpy(p, t, n * sizeof(float));
+}
+
+// exp, Cephes' single-precision polynomial (about 1 ulp) after a range reduction by ln 2.
+inline v8 exp_v(v8 x) {
+  x = x < splat(-87.3f) ? splat(-87.3f) : x;
+  x = x > splat(88.3f) ? splat(88.3f) : x;
+  const v8 r = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln 2)
+  const v8 y = (x - r * 0.693359375f) + r * 2.12194440e-4f;
+  v8 p = splat(1.9875691500e-4f);
+  p = p * y + 1.3981999507e-3f;
+  p = p * y + 8.3334519073e-3f;
+  p = p * y + 4.1665795894e-2f;
+  p = p * y + 1.6666665459e-1f;
+  p = p * y + 5.0000001201e-1f;
+  p = p * (y * y) + y + 1.f;
+  const v8i scale = (__builtin_convertvector(r, v8i) + 127) << 23;  // 2^r
+  return p * (v8)scale;
+}
+
+inline v8 sigmoid_v(v8 x) { return 1.f / (1.f + exp_v(-x)); }
+
+// tanh: (1 - e) / (1 + e) with e = exp(-2|x|), and its odd series below |x| = 1/8, where that
+// quotient would lose relative precision.
+inline v8 tanh_v(v8 x) {
+  const v8i sign = (v8i)x & (int32_t)0x80000000;
+  const v8 ax = (v8)((v8i)x & 0x7fffffff);
+  const v8 e = exp_v(-2.f * ax);
+  const v8 big = (1.f - e) / (1.f + e);
+  const v8 x2 = x * x;
+  const v8 small = x + x * x2 * (-1.f / 3 + x2 * (2.f / 15 + x2 * (-17.f / 315 + x2 * (62.f / 2835))));
+  return ax < splat(0.125f) ? small : (v8)((v8i)big | sign);
+}
+
+// --- threads ---------------------------------------------------------------------------------
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// All n threads wait here until the last arrives. Spins for a few microseconds (about a step's
+// work), then yields the core at every check: when the cores are shared (another process, or
+// XLA's own threads), the thread being waited for may be descheduled, and a waiter that kept
+// spinning would hold its core for a whole scheduler time slice (measured: 15x slower steps
+// with two processes on two cores).
+constexpr int kSpins = 256;
+
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void wait() {
+    if (n_ == 1) return;
+    const int phase = phase_.load(std::memory_order_relaxed);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      phase_.store(phase + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; phase_.load(std::memory_order_acquire) == phase; ++spins) {
+      if (spins < kSpins) cpu_relax(); else std::this_thread::yield();
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0}, phase_{0};
+};
+
+int available_cores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Runs job(j, n, barrier) for j = 0..n-1 on n threads, the caller being thread 0, with a barrier
+// for those n. Workers sleep on a condition variable between calls. One call at a time: a second
+// concurrent caller runs alone (n = 1), as does every call on a one-core machine and in a child
+// process forked after the pool started (which has none of its threads).
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool* pool = [] {
+      pthread_atfork(nullptr, nullptr, [] { forked_ = true; });
+      return new Pool(available_cores());  // never destroyed: workers outlive statics
+    }();
+    return *pool;
+  }
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  using Job = std::function<void(int, int, Barrier&)>;
+
+  void run(int n, const Job& job) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    n = std::min(n, size());
+    if (!busy.owns_lock() || n == 1 || forked_) {
+      Barrier alone(1);
+      return job(0, 1, alone);
+    }
+    Barrier barrier(n);
+    {
+      std::lock_guard<std::mutex> g(m_);
+      job_ = &job;
+      barrier_ = &barrier;
+      threads_ = n;
+      running_.store(n - 1, std::memory_order_relaxed);
+      ++generation_;
+    }
+    cv_.notify_all();
+    job(0, n, barrier);
+    for (int spins = 0; running_.load(std::memory_order_acquire) > 0; ++spins) {
+      if (spins < kSpins) cpu_relax(); else std::this_thread::yield();
+    }
+  }
+
+ private:
+  explicit Pool(int n) {
+    for (int j = 1; j < n; ++j) workers_.emplace_back([this, j] { loop(j); });
+    for (auto& w : workers_) w.detach();
+  }
+  void loop(int j) {
+    uint64_t seen = 0;
+    for (;;) {
+      const Job* job;
+      Barrier* barrier;
+      int n;
+      {
+        std::unique_lock<std::mutex> g(m_);
+        cv_.wait(g, [&] { return generation_ != seen; });
+        seen = generation_;
+        job = job_, barrier = barrier_, n = threads_;
+      }
+      if (j < n) {
+        (*job)(j, n, *barrier);
+        running_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+  std::vector<std::thread> workers_;
+  std::mutex busy_, m_;
+  std::condition_variable cv_;
+  const Job* job_ = nullptr;
+  Barrier* barrier_ = nullptr;
+  int threads_ = 1;
+  uint64_t generation_ = 0;
+  std::atomic<int> running_{0};
+  static inline std::atomic<bool> forked_{false};
+};
+
+// Threads for a step's product [B, K] x [K, 4H] cut into `blocks` column blocks: enough work per
+// thread per step to pay for a barrier (a few hundred nanoseconds). LSTM_JAX_NATIVE_THREADS
+// overrides.
+int threads_for(int64_t B, int64_t K, int64_t H, int blocks) {
+  static const int forced = [] {
+    const char* s = std::getenv("LSTM_JAX_NATIVE_THREADS");
+    return s ? std::atoi(s) : 0;
+  }();
+  int n = forced > 0 ? forced : Pool::get().size();
+  const int64_t fmas_per_step = B * K * 4 * H;
+  if (forced <= 0 && fmas_per_step < (1 << 16)) n = 1;
+  return std::max(1, std::min(n, blocks));
+}
+
+// --- the per-step product --------------------------------------------------------------------
+
+// Every per-step product is a small matrix product acc [B, 16] += a [B, K] w [K, 16] over a
+// chunk k0..k1 of K, with w packed as [K][2][8] (two vectors per k). Rows go 6 at a time:
+// 6 x 2 = 12 accumulators, 2 weight vectors and a broadcast in AVX2's 16 registers.
+template <int R>
+void product(const float* a, int64_t lda, const float* w, int64_t k0, int64_t k1, v8* acc, int64_t acc_stride) {
+  v8 s[R][2];
+  for (int r = 0; r < R; ++r) s[r][0] = acc[r * acc_stride], s[r][1] = acc[r * acc_stride + 1];
+  for (int64_t k = k0; k < k1; ++k) {
+    const v8 w0 = load(w + k * 2 * L), w1 = load(w + k * 2 * L + L);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const v8 x = splat(a[r * lda + k]);
+      s[r][0] += x * w0;
+      s[r][1] += x * w1;
+    }
+  }
+  for (int r = 0; r < R; ++r) acc[r * acc_stride] = s[r][0], acc[r * acc_stride + 1] = s[r][1];
+}
+
+constexpr int kRows = 6;
+// Rows of w taken at a time: 256 x 2 vectors = 16 KiB, which stays in the L1 cache while every
+// row tile of the batch passes over it.
+constexpr int64_t kChunk = 256;
+
+// acc[b * acc_stride + {0, 1}] (+)= a[b, :] w for b < B: zeroed first unless `accumulate`. The
+// batch is cut into tiles of at most kRows rows, as even as possible (32 rows: 6, 6, 5, 5, 5, 5).
+void multiply(const float* a, int64_t lda, int64_t B, const float* w, int64_t K, v8* acc, int64_t acc_stride,
+              bool accumulate = false) {
+  if (!accumulate)
+    for (int64_t b = 0; b < B; ++b) acc[b * acc_stride] = acc[b * acc_stride + 1] = v8{};
+  const int64_t tiles = (B + kRows - 1) / kRows;
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t k1 = std::min(K, k0 + kChunk);
+    for (int64_t tile = 0, b0 = 0; tile < tiles; ++tile) {
+      const int64_t rows = (B - b0) / (tiles - tile) + ((B - b0) % (tiles - tile) ? 1 : 0);
+      const float* ab = a + b0 * lda;
+      v8* accb = acc + b0 * acc_stride;
+      switch (rows) {
+        case 6: product<6>(ab, lda, w, k0, k1, accb, acc_stride); break;
+        case 5: product<5>(ab, lda, w, k0, k1, accb, acc_stride); break;
+        case 4: product<4>(ab, lda, w, k0, k1, accb, acc_stride); break;
+        case 3: product<3>(ab, lda, w, k0, k1, accb, acc_stride); break;
+        case 2: product<2>(ab, lda, w, k0, k1, accb, acc_stride); break;
+        default: product<1>(ab, lda, w, k0, k1, accb, acc_stride);
+      }
+      b0 += rows;
+    }
+  }
+}
+
+// This thread's accumulators: n vectors, kept between calls.
+v8* accumulators(size_t n) {
+  thread_local std::vector<v8> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// This thread's scratch of at least n floats, kept between calls.
+float* scratch(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// Blocks [lo, hi) of `blocks` for thread j of n.
+inline void share(int blocks, int j, int n, int& lo, int& hi) {
+  lo = static_cast<int>(int64_t(blocks) * j / n);
+  hi = static_cast<int>(int64_t(blocks) * (j + 1) / n);
+}
+
+inline int lanes(int64_t H, int64_t u0) { return static_cast<int>(std::min<int64_t>(L, H - u0)); }
+
+void pad_rows(const float* src, int64_t B, int64_t H, int64_t Hp, float* dst) {
+  for (int64_t b = 0; b < B; ++b) {
+    std::memcpy(dst + b * Hp, src + b * H, H * sizeof(float));
+    std::memset(dst + b * Hp + H, 0, (Hp - H) * sizeof(float));
+  }
+}
+
+void unpad_rows(const float* src, int64_t B, int64_t H, int64_t Hp, float* dst) {
+  for (int64_t b = 0; b < B; ++b) std::memcpy(dst + b * H, src + b * Hp, H * sizeof(float));
+}
+
+// --- forward ---------------------------------------------------------------------------------
+
+struct Forward {
+  int64_t T, B, I, H, Hp;  // Hp: H rounded up to the vector width
+  const float* xs;       // [T, B, I]
+  const float* w_x;      // packed [blocks][2][I][2][8]: W_x[k, (2p + q) H + 8 blk + lane]
+  const float* w;        // packed [blocks][2][H][2][8]: W_h[k, (2p + q) H + 8 blk + lane]
+  const float* bias;     // [4H]
+  float* h[2];           // [B, Hp] each: h_{t-1} and h_t, alternately
+  float* c;              // [B, Hp]
+  float* ys;             // [T, B, H]
+  float* gates;          // [T, B, 4H] or null
+  float* cs;             // [T, B, H] or null
+};
+
+// W [K, 4H] packed for the forward pass: [blocks][2][K][2][8].
+void pack_forward(const float* w_h, int64_t K, int64_t H, int blocks, float* out) {
+  for (int blk = 0; blk < blocks; ++blk)
+    for (int p = 0; p < 2; ++p)
+      for (int64_t k = 0; k < K; ++k)
+        for (int q = 0; q < 2; ++q)
+          for (int l = 0; l < L; ++l) {
+            const int64_t u = int64_t(blk) * L + l;
+            *out++ = u < H ? w_h[k * 4 * H + (2 * p + q) * H + u] : 0.f;
+          }
+}
+
+// Rows of the input projection computed at a time: the steps of a chunk of about this many rows
+// (batch x steps) are projected together before they run, so the projection's weights are read
+// once per chunk rather than once per step, and its result stays in this thread's cache.
+constexpr int64_t kProjectionRows = 64;
+
+inline int64_t projection_steps(int64_t B) { return std::max<int64_t>(1, kProjectionRows / std::max<int64_t>(B, 1)); }
+
+// x_t W_x for steps t0..t0+S-1 and unit block blk: xacc [S * B][4] (gate pre-activations).
+void forward_project(const Forward& a, int64_t t0, int64_t S, int blk, v8* xacc) {
+  for (int p = 0; p < 2; ++p)
+    multiply(a.xs + t0 * a.B * a.I, a.I, S * a.B, a.w_x + (int64_t(blk) * 2 + p) * a.I * 2 * L, a.I, xacc + 2 * p, 4);
+}
+
+// Step t for unit block blk: the gates of every row, xacc (x_t W_x, from forward_project) +
+// h_{t-1} W_h + b with h_{t-1} = hin (acc [B][4]: the pre-activations i, f, g, o), then c_t and
+// h_t = hout.
+void forward_block(const Forward& a, int64_t t, int blk, const float* hin, float* hout, const v8* xacc, v8* acc) {
+  const int64_t H = a.H, G = 4 * H, B = a.B;
+  for (int p = 0; p < 2; ++p) multiply(hin, a.Hp, B, a.w + (int64_t(blk) * 2 + p) * H * 2 * L, H, acc + 2 * p, 4);
+  const int64_t u0 = int64_t(blk) * L;
+  const int n = lanes(H, u0);
+  const v8 bi = load_n(a.bias + u0, n), bf = load_n(a.bias + u0 + H, n), bg = load_n(a.bias + u0 + 2 * H, n),
+           bo = load_n(a.bias + u0 + 3 * H, n);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t row = t * B + b;
+    const v8 *z = acc + b * 4, *x = xacc + b * 4;
+    const v8 i = sigmoid_v(z[0] + x[0] + bi);
+    const v8 f = sigmoid_v(z[1] + x[1] + bf);
+    const v8 g = tanh_v(z[2] + x[2] + bg);
+    const v8 o = sigmoid_v(z[3] + x[3] + bo);
+    float* cp = a.c + b * a.Hp + u0;
+    const v8 c = f * load(cp) + i * g;
+    store(cp, c);
+    const v8 h = o * tanh_v(c);
+    store(hout + b * a.Hp + u0, h);
+    store_n(a.ys + row * H + u0, h, n);
+    if (a.gates) {
+      float* gp = a.gates + row * G + u0;
+      store_n(gp, i, n), store_n(gp + H, f, n), store_n(gp + 2 * H, g, n), store_n(gp + 3 * H, o, n);
+    }
+    if (a.cs) store_n(a.cs + row * H + u0, c, n);
+  }
+}
+
+}  // namespace
+
+// Forward over T steps: xs [T, B, I], w_x [I, 4H], w_h [H, 4H], b [4H], h0, c0 [B, H] -> ys, h_T,
+// c_T, and the residuals gates and cs unless they are null (inference).
+extern "C" void lstm_jax_native_forward(int64_t T, int64_t B, int64_t I, int64_t H, const float* xs,
+                                        const float* w_x, const float* w_h, const float* bias, const float* h0,
+                                        const float* c0, float* ys, float* h_last, float* c_last, float* gates,
+                                        float* cs) {
+  const int blocks = static_cast<int>((H + L - 1) / L);
+  const int64_t Hp = int64_t(blocks) * L;
+  thread_local std::vector<float> packed_buf, state_buf;
+  float* packed = scratch(packed_buf, size_t(blocks) * 4 * (I + H) * L);
+  float* state = scratch(state_buf, size_t(3 * B * Hp));
+  pack_forward(w_x, I, H, blocks, packed);
+  pack_forward(w_h, H, H, blocks, packed + size_t(blocks) * 4 * I * L);
+  Forward a{T, B, I, H, Hp, xs, packed, packed + size_t(blocks) * 4 * I * L, bias, {state, state + B * Hp},
+            state + 2 * B * Hp, ys, gates, cs};
+  pad_rows(h0, B, H, Hp, a.h[0]);
+  pad_rows(c0, B, H, Hp, a.c);
+  Pool::get().run(threads_for(B, I + H, H, blocks), [&](int j, int nt, Barrier& barrier) {
+    int lo, hi;
+    share(blocks, j, nt, lo, hi);
+    const int64_t S = projection_steps(B), chunk = S * B * 4;  // xacc vectors per block
+    v8* acc = accumulators(size_t(B) * 4 + size_t(hi - lo) * chunk);
+    v8* xacc = acc + B * 4;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t s = t % S;
+      if (s == 0)
+        for (int blk = lo; blk < hi; ++blk) forward_project(a, t, std::min(S, T - t), blk, xacc + (blk - lo) * chunk);
+      for (int blk = lo; blk < hi; ++blk)
+        forward_block(a, t, blk, a.h[t % 2], a.h[(t + 1) % 2], xacc + (blk - lo) * chunk + s * B * 4, acc);
+      barrier.wait();
+    }
+  });
+  unpad_rows(a.h[T % 2], B, H, Hp, h_last);
+  unpad_rows(a.c, B, H, Hp, c_last);
+}
+
+namespace {
+
+// --- backward --------------------------------------------------------------------------------
+
+struct Backward {
+  int64_t T, B, H, Hp;
+  const float* w;       // packed [pairs][4H][2][8]: W_h[8 (2 pair + q) + lane, k] (0 past H)
+  const float* gates;   // [T, B, 4H]
+  const float* cs;      // [T, B, H]
+  const float* c0;      // [B, H]
+  const float* dys;     // [T, B, H]
+  const float* dh_last; // [B, H]
+  float* dG;            // [T, B, 4H] out
+  float* dc;            // [B, Hp]: dL/dc_t, carried back
+};
+
+void pack_backward(const float* w_h, int64_t H, int pairs, float* out) {
+  const int64_t G = 4 * H;
+  for (int pair = 0; pair < pairs; ++pair)
+    for (int64_t k = 0; k < G; ++k)
+      for (int q = 0; q < 2; ++q)
+        for (int l = 0; l < L; ++l) {
+          const int64_t u = (int64_t(pair) * 2 + q) * L + l;
+          *out++ = u < H ? w_h[u * G + k] : 0.f;
+        }
+}
+
+// Step t for the unit blocks of pair `pair`: dh (dG_{t+1} W_h^T into acc [B][2], or the
+// cotangent of h_T at the last step), then dG_t and dc_{t-1}.
+void backward_pair(const Backward& a, int64_t t, int pair, v8* acc) {
+  const int64_t H = a.H, G = 4 * H, B = a.B;
+  if (t + 1 < a.T) multiply(a.dG + (t + 1) * B * G, G, B, a.w + int64_t(pair) * G * 2 * L, G, acc, 2);
+  for (int q = 0; q < 2; ++q) {
+    const int64_t u0 = (int64_t(pair) * 2 + q) * L;
+    if (u0 >= H) break;
+    const int n = lanes(H, u0);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = t * B + b;
+      const v8 dh_next = t + 1 < a.T ? acc[b * 2 + q] : load_n(a.dh_last + b * H + u0, n);
+      const v8 dh = dh_next + load_n(a.dys + row * H + u0, n);
+      const float* gp = a.gates + row * G + u0;
+      const v8 i = load_n(gp, n), f = load_n(gp + H, n), g = load_n(gp + 2 * H, n), o = load_n(gp + 3 * H, n);
+      const v8 c = load_n(a.cs + row * H + u0, n);
+      const v8 c_prev = t > 0 ? load_n(a.cs + (row - B) * H + u0, n) : load_n(a.c0 + b * H + u0, n);
+      const v8 tc = tanh_v(c);
+      float* dcp = a.dc + b * a.Hp + u0;
+      const v8 dc = load(dcp) + dh * o * (1.f - tc * tc);
+      store(dcp, dc * f);
+      float* d = a.dG + row * G + u0;
+      store_n(d, dc * g * i * (1.f - i), n);
+      store_n(d + H, dc * c_prev * f * (1.f - f), n);
+      store_n(d + 2 * H, dc * i * (1.f - g * g), n);
+      store_n(d + 3 * H, dh * tc * o * (1.f - o), n);
+    }
+  }
+}
+
+// dh_0 = dG_0 W_h^T for the unit blocks of pair `pair`, into out [B, H].
+void backward_first(const Backward& a, int pair, v8* acc, float* out) {
+  const int64_t H = a.H, G = 4 * H;
+  multiply(a.dG, G, a.B, a.w + int64_t(pair) * G * 2 * L, G, acc, 2);
+  for (int q = 0; q < 2; ++q) {
+    const int64_t u0 = (int64_t(pair) * 2 + q) * L;
+    if (u0 >= H) break;
+    for (int64_t b = 0; b < a.B; ++b) store_n(out + b * H + u0, acc[b * 2 + q], lanes(H, u0));
+  }
+}
+
+}  // namespace
+
+// Backward over T steps: dG [T, B, 4H] (the pre-activation gradients; the weight, bias and
+// input gradients follow from it by matmuls), dh0 and dc0 [B, H].
+extern "C" void lstm_jax_native_backward(int64_t T, int64_t B, int64_t H, const float* w_h, const float* gates,
+                                         const float* cs, const float* c0, const float* dys, const float* dh_last,
+                                         const float* dc_last, float* dG, float* dh0, float* dc0) {
+  if (T == 0) {
+    std::memcpy(dh0, dh_last, B * H * sizeof(float));
+    std::memcpy(dc0, dc_last, B * H * sizeof(float));
+    return;
+  }
+  const int pairs = static_cast<int>((H + 2 * L - 1) / (2 * L));
+  const int64_t Hp = int64_t(pairs) * 2 * L;
+  thread_local std::vector<float> packed_buf, state_buf;
+  float* packed = scratch(packed_buf, size_t(pairs) * 4 * H * 2 * L);
+  float* dc = scratch(state_buf, size_t(B * Hp));
+  pack_backward(w_h, H, pairs, packed);
+  pad_rows(dc_last, B, H, Hp, dc);
+  Backward a{T, B, H, Hp, packed, gates, cs, c0, dys, dh_last, dG, dc};
+  Pool::get().run(threads_for(B, 4 * H, H, pairs), [&](int j, int nt, Barrier& barrier) {
+    int lo, hi;
+    share(pairs, j, nt, lo, hi);
+    v8* acc = accumulators(size_t(B) * 2);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      for (int pair = lo; pair < hi; ++pair) backward_pair(a, t, pair, acc);
+      barrier.wait();
+    }
+    for (int pair = lo; pair < hi; ++pair) backward_first(a, pair, acc, dh0);
+  });
+  unpad_rows(dc, B, H, Hp, dc0);
+}
+
+// --- XLA FFI handlers --------------------------------------------------------------------------
+
+#ifndef LSTM_JAX_NO_FFI
+namespace {
+
+namespace ffi = xla::ffi;
+using F32 = ffi::Buffer<ffi::F32>;
+using OutF32 = ffi::ResultBuffer<ffi::F32>;
+
+// Shapes the Python side guarantees; checked again here because a wrong one would read out of bounds.
+ffi::Error check(bool ok, const char* what) {
+  return ok ? ffi::Error::Success()
+            : ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("lstm_jax native LSTM: ") + what);
+}
+
+template <typename Fn>
+ffi::Error guarded(Fn fn) {
+  try {
+    fn();
+    return ffi::Error::Success();
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("lstm_jax native LSTM: ") + e.what());
+  }
+}
+
+// xs [T, B, I], w_x [I, 4H], w_h [H, 4H], b [4H], h0, c0 [B, H] -> ys [T, B, H], h_T, c_T [B, H]
+// (and, training, gates [T, B, 4H], cs [T, B, H]).
+ffi::Error forward(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, OutF32 ys, OutF32 h, OutF32 c, float* gates,
+                   float* cs) {
+  const auto d = xs.dimensions();
+  if (d.size() != 3 || h0.dimensions().size() != 2) return check(false, "xs must be [T, B, I], h0 [B, H]");
+  const int64_t T = d[0], B = d[1], I = d[2], H = h0.dimensions()[1];
+  if (auto e = check(h0.dimensions()[0] == B && w_x.element_count() == 4 * I * H &&
+                     w_h.element_count() == 4 * H * H && b.element_count() == 4 * H && c0.element_count() == B * H,
+                     "inconsistent shapes");
+      e.failure())
+    return e;
+  return guarded([&] {
+    lstm_jax_native_forward(T, B, I, H, xs.typed_data(), w_x.typed_data(), w_h.typed_data(), b.typed_data(),
+                            h0.typed_data(), c0.typed_data(), ys->typed_data(), h->typed_data(), c->typed_data(),
+                            gates, cs);
+  });
+}
+
+ffi::Error ForwardImpl(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, OutF32 ys, OutF32 h, OutF32 c) {
+  return forward(xs, w_x, w_h, b, h0, c0, ys, h, c, nullptr, nullptr);
+}
+
+ffi::Error ForwardTrainImpl(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, OutF32 ys, OutF32 h, OutF32 c,
+                            OutF32 gates, OutF32 cs) {
+  return forward(xs, w_x, w_h, b, h0, c0, ys, h, c, gates->typed_data(), cs->typed_data());
+}
+
+// w_h, gates, cs, c0, dys, dh_T, dc_T -> dG [T, B, 4H], dh0, dc0 [B, H].
+ffi::Error BackwardImpl(F32 w_h, F32 gates, F32 cs, F32 c0, F32 dys, F32 dh, F32 dc, OutF32 dG, OutF32 dh0,
+                        OutF32 dc0) {
+  const auto d = gates.dimensions();
+  if (d.size() != 3 || c0.dimensions().size() != 2) return check(false, "gates must be [T, B, 4H], c0 [B, H]");
+  const int64_t T = d[0], B = d[1], H = c0.dimensions()[1];
+  if (auto e = check(d[2] == 4 * H && c0.dimensions()[0] == B && w_h.element_count() == 4 * H * H &&
+                     cs.element_count() == T * B * H && dys.element_count() == T * B * H &&
+                     dh.element_count() == B * H && dc.element_count() == B * H, "inconsistent shapes");
+      e.failure())
+    return e;
+  return guarded([&] {
+    lstm_jax_native_backward(T, B, H, w_h.typed_data(), gates.typed_data(), cs.typed_data(), c0.typed_data(),
+                             dys.typed_data(), dh.typed_data(), dc.typed_data(), dG->typed_data(),
+                             dh0->typed_data(), dc0->typed_data());
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxNativeLstmForward, ForwardImpl,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxNativeLstmForwardTrain, ForwardTrainImpl,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxNativeLstmBackward, BackwardImpl,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+#endif  // LSTM_JAX_NO_FFI

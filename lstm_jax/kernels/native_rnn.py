@@ -1,0 +1,171 @@
+"""The vanilla LSTM's recurrence as hand-written C++ for the CPU (float32), through :mod:`jax.ffi`.
+
+The ``"native"`` form of ``lstm(H)``. The loops are ``lstm_jax/kernels/native/lstm.cc``: per
+step the products ``x_t W_x + h_{t-1} W_h`` with both weights packed once per call, the gates and
+the cell update (forward), and per step ``dh = dG_{t+1} W_h^T`` with the gate gradients
+(backward). XLA does the rest of the backward pass, large matrix products over all steps at
+once: the weight, bias and input gradients from the pre-activation gradients ``dG``. Threads split the hidden units, so each step needs one
+barrier; the library is built with ``-march=native`` for the machine it runs on.
+
+Why it exists (issue 17; README, Performance): the fused XLA form runs about six XLA ops per
+forward step and ten per backward step, and XLA's per-step matmuls on a small batch ran at
+about half the machine's dense rate; PyTorch's ``nn.LSTM`` runs oneDNN's fused RNN primitive,
+and the oneDNN 3.2 that PyPI offers has a slower backward pass than the 3.12 inside PyTorch.
+This kernel needs no library beyond a C++ compiler and JAX's FFI headers.
+
+:func:`lstm_layer` is a :func:`jax.custom_vjp` function; without differentiation the forward
+pass writes no residuals. Shapes are time-major with the batch flattened: ``xs [T, B, I]``,
+carries ``[B, H]``. It serves float32 calls on the CPU without ``lengths`` or ``resets``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from lstm_jax.kernels import _extension
+
+Array = jax.Array
+
+SOURCE = Path(__file__).with_name("native") / "lstm.cc"
+# The built library sits beside its source (ignored by git); LSTM_JAX_NATIVE_LIB points elsewhere.
+LIBRARY = Path(os.environ.get("LSTM_JAX_NATIVE_LIB", SOURCE.with_name("liblstm_native.so")))
+
+_TARGETS = {  # FFI target name -> symbol in the library
+    "lstm_jax_native_lstm_forward": "LstmJaxNativeLstmForward",
+    "lstm_jax_native_lstm_forward_train": "LstmJaxNativeLstmForwardTrain",
+    "lstm_jax_native_lstm_backward": "LstmJaxNativeLstmBackward",
+}
+
+
+def build(output: Path | None = None, *, compiler: str = "g++") -> Path:
+    """Compiles ``lstm.cc`` into the shared library the ``"native"`` form loads.
+
+    Args:
+      output: where to write it (default :data:`LIBRARY`).
+      compiler: a C++17 compiler (GCC or Clang: the kernel uses their vector extensions).
+
+    Returns:
+      The library's path. Raises ``RuntimeError`` naming a missing compiler or its error.
+    """
+    # -march=native: the vector width and FMA of this machine; the library is built where it runs.
+    return _extension.compile_library(SOURCE, Path(output or LIBRARY), ["-O3", "-march=native"], compiler=compiler)
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | str:
+    """The loaded library with its FFI targets registered, or why it could not be loaded."""
+    return _extension.load(LIBRARY, SOURCE, _TARGETS, "native LSTM extension",
+                           "`make install` builds it, or `python -m lstm_jax.kernels.native`")
+
+
+def unavailable() -> str | None:
+    """Why the ``"native"`` form cannot run in this process (None if it can): the library is not
+    built or does not load, or JAX's default backend is not the CPU."""
+    lib = _library()
+    if isinstance(lib, str):
+        return lib
+    if jax.default_backend() != "cpu":
+        return f"the native kernel runs on the CPU and JAX's default backend is {jax.default_backend()!r}"
+    return None
+
+
+def refusal(params, xs, carry) -> str | None:
+    """Why the ``"native"`` form cannot serve a call with these arrays (None if it can)."""
+    why = unavailable()
+    if why:
+        return why
+    dtypes = {jnp.dtype(a.dtype) for a in jax.tree_util.tree_leaves((params, xs, carry))}
+    if dtypes != {jnp.dtype(jnp.float32)}:
+        return f"the native kernel takes float32 only, got {sorted(map(str, dtypes))}"
+    return None
+
+
+# impl="auto" takes the native LSTM from this hidden size on. Below it (H = 32, 64) the fused XLA
+# form was as fast or faster in forward+backward in repeated sweeps (T = 64, B in {1, 4, 8, 32,
+# 128}, H in {32, ..., 512}, interleaved, 2-core x86-64 CPU): the kernel's per-call and per-step
+# costs (waking its thread, a barrier per step) are not repaid by so little work per step. From
+# H = 128 on it was 1.1-2.4x faster forward and 1.0-1.7x forward+backward (README, Performance).
+AUTO_MIN_HIDDEN = 128
+
+
+def preferred(params, xs, carry) -> bool:
+    """Whether ``impl="auto"`` should take the native LSTM for this call (it can serve it):
+    hidden size ``>= AUTO_MIN_HIDDEN``."""
+    return params.w_h.shape[0] >= AUTO_MIN_HIDDEN
+
+
+def _call(target: str, outputs, *args):
+    lib = _library()  # loading it registers the targets
+    if isinstance(lib, str):
+        raise RuntimeError(f"impl='native': {lib}.")
+    return jax.ffi.ffi_call(target, outputs, vmap_method="sequential")(*args)
+
+
+def _f32(shape) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+
+
+@jax.custom_vjp
+def lstm_layer(w_x: Array, w_h: Array, b: Array, xs: Array, h0: Array, c0: Array):
+    """A vanilla LSTM layer over time, run by the native kernel.
+
+    Args:
+      w_x: ``[I, 4H]``; w_h ``[H, 4H]``; b ``[4H]`` (gate blocks i, f, g, o), float32.
+      xs: ``[T, B, I]`` time-major inputs; h0, c0 ``[B, H]``.
+
+    Returns:
+      ``(ys [T, B, H], (h_last, c_last))``, as :func:`lstm_jax.kernels.fused_rnn.lstm_layer`
+      without masks.
+    """
+    T, B, _ = xs.shape
+    H = h0.shape[-1]
+    ys, h, c = _call("lstm_jax_native_lstm_forward", (_f32((T, B, H)), _f32((B, H)), _f32((B, H))),
+                     xs, w_x, w_h, b, h0, c0)
+    return ys, (h, c)
+
+
+def _lstm_fwd(w_x, w_h, b, xs, h0, c0):
+    T, B, _ = xs.shape
+    H = h0.shape[-1]
+    ys, h, c, gates, cs = _call("lstm_jax_native_lstm_forward_train",
+                                (_f32((T, B, H)), _f32((B, H)), _f32((B, H)), _f32((T, B, 4 * H)),
+                                 _f32((T, B, H))),
+                                xs, w_x, w_h, b, h0, c0)
+    return (ys, (h, c)), (w_x, w_h, xs, h0, c0, ys, gates, cs)
+
+
+def _lstm_bwd(res, cotangents):
+    w_x, w_h, xs, h0, c0, ys, gates, cs = res
+    dys, (dh, dc) = cotangents
+    # The kernel runs the recurrence backwards to the pre-activation gradients dG [T, B, 4H];
+    # the rest is one matmul each over all steps.
+    dG, dh0, dc0 = _call("lstm_jax_native_lstm_backward", (_f32(gates.shape), _f32(h0.shape), _f32(c0.shape)),
+                         w_h, gates, cs, c0, dys, dh, dc)
+    h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)
+    dw_x = jnp.einsum("tbi,tbg->ig", xs, dG)
+    dw_h = jnp.einsum("tbh,tbg->hg", h_prev, dG)
+    dxs = jnp.einsum("tbg,ig->tbi", dG, w_x)
+    return dw_x, dw_h, dG.sum(axis=(0, 1)), dxs, dh0, dc0
+
+
+lstm_layer.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lstm_jax.kernels.native [--optional]``: builds the library. With ``--optional``
+    a failure prints why and exits 0 (the XLA forms serve instead)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        build()
+    except RuntimeError as e:
+        if "--optional" not in argv:
+            raise
+        print(f"lstm_jax: the native LSTM kernel is not built, the XLA forms will serve instead: {e}")
+    return 0
