@@ -13,14 +13,14 @@ implementation (:func:`time_interleaved`).
 Implementations (those that cannot run here are skipped with the reason printed):
 
 - ``lstm_jax``: ``unroll(lstm(H) | gru(H), params, xs, unroll=u)`` with the default
-  ``impl="auto"`` (on the CPU with the oneDNN extension built: oneDNN's RNN primitive;
+  ``impl="auto"`` (the LSTM on the CPU with the extension built: the native C++ loop;
   elsewhere the fused path with the hand-written backward), at ``--unroll`` (the reference
   for the ratios) and at every factor of ``--unrolls``; plus one row per further ``--impls``
   entry at ``--unroll``: ``scan`` (the generic scan, differentiated by JAX: what the fused
   path is measured against) or one of the cell's forms by name (``cell.forms``: ``onednn``
-  and ``fused`` for both, ``pallas`` for the LSTM, the Pallas kernels; interpret mode off
-  the GPU, so only meaningful on a GPU); a cell without that form, or whose form refuses
-  the call, skips the row;
+  and ``fused`` for both, ``native`` and ``pallas`` for the LSTM, the Pallas kernels in
+  interpret mode off the GPU, so only meaningful on a GPU); a cell without that form, or
+  whose form refuses the call, skips the row;
 - ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H) | nn.GRUCell(H), unroll=--unroll)``;
 - ``equinox``: ``eqx.nn.LSTMCell | GRUCell`` in ``jax.lax.scan(unroll=--unroll)``, vmapped
   over the batch (Equinox's documented pattern);
@@ -94,10 +94,10 @@ def parse_args(argv=None):
                         "(default: lstm_jax.default_unroll(), ours with unroll='auto': 8 on GPU, 1 elsewhere)")
     p.add_argument("--unrolls", default=None,
                    help="comma-separated further unroll factors to time ours at ('' for none; default 1,4 "
-                        "on GPU, none on CPU, where impl='auto' is oneDNN's primitive, which has no unroll)")
+                        "on GPU, none on CPU, where impl='auto' is a C++ loop, which has no unroll)")
     p.add_argument("--impls", default=None,
                    help=f"comma-separated further implementations of ours: scan (the generic scan) or a "
-                        f"form of the cell, from {','.join(IMPLS)} (default fused,onednn,scan on CPU; scan,pallas on GPU)")
+                        f"form of the cell, from {','.join(IMPLS)} (default native,fused,onednn,scan on CPU; scan,pallas on GPU)")
     p.add_argument("--plot", default=None, help="PNG path (default: --out with .png; '' for none)")
     p.add_argument("--peers", default="flax,equinox,torch,torch-cudnn,jax-cudnn",
                    help="comma-separated peers to run (default all; those that cannot run are skipped)")
@@ -125,7 +125,7 @@ def parse_args(argv=None):
     args.dtypes = (args.dtypes or ("float32,bfloat16" if on_gpu else "float32")).split(",")
     args.peers = [n for n in args.peers.split(",") if n]
     args.impls = [n for n in (args.impls if args.impls is not None else
-                              ("scan,pallas" if on_gpu else "fused,onednn,scan")).split(",") if n]
+                              ("scan,pallas" if on_gpu else "native,fused,onednn,scan")).split(",") if n]
     unknown = [n for n in args.impls if n not in IMPLS]
     if unknown:
         p.error(f"--impls: unknown {unknown}; choose from {IMPLS}")
@@ -218,6 +218,12 @@ def _blocks(w, n):
     return jnp.split(w, n, axis=-1)
 
 
+# Flax checks each given parameter against its initialiser's shape (traced in param_dtype), and its
+# orthogonal initialiser's QR takes no bfloat16 (the first GPU run's bfloat16 rows failed so):
+# initialisers are traced in float32, our arrays (in the benchmark's dtype) are used as given.
+PARAM_DTYPE = jnp.float32
+
+
 def build_flax(p: Problem) -> Impl:
     try:
         from flax import linen as nn
@@ -232,13 +238,13 @@ def build_flax(p: Problem) -> Impl:
         for k, g in enumerate("ifgo"):
             cell["i" + g] = {"kernel": wx[k]}
             cell["h" + g] = {"kernel": wh[k], "bias": b[k]}
-        module_cell = nn.OptimizedLSTMCell(features=H, dtype=dtype, param_dtype=dtype)
+        module_cell = nn.OptimizedLSTMCell(features=H, dtype=dtype, param_dtype=PARAM_DTYPE)
     else:  # reset-after GRU: n's input bias outside r * (.), its recurrent bias inside
         wx, wh, b = _blocks(w.w_x, 3), _blocks(w.w_h, 3), _blocks(w.b, 3)
         cell = {"ir": {"kernel": wx[0], "bias": b[0]}, "iz": {"kernel": wx[1], "bias": b[1]},
                 "in": {"kernel": wx[2], "bias": b[2]}, "hr": {"kernel": wh[0]}, "hz": {"kernel": wh[1]},
                 "hn": {"kernel": wh[2], "bias": w.b_hn}}
-        module_cell = nn.GRUCell(features=H, dtype=dtype, param_dtype=dtype)
+        module_cell = nn.GRUCell(features=H, dtype=dtype, param_dtype=PARAM_DTYPE)
     module = nn.RNN(module_cell, unroll=p.unroll)
     variables = {"params": {"cell": cell}}
     return jax_impl("flax", module.apply, variables, p.xs,

@@ -66,11 +66,11 @@ def test_more_devices_than_exist_is_refused_before_training(capsys):
 
 
 def test_benchmark_rows_are_the_scan_and_the_cells_forms_by_name(capsys):
-    assert benchmark.IMPLS == ["fused", "onednn", "pallas", "scan"]  # lstm's and gru's forms, and scan
+    assert benchmark.IMPLS == ["fused", "native", "onednn", "pallas", "scan"]  # lstm's and gru's forms, and scan
     assert benchmark.parse_args(["--impls", "scan,fused"]).impls == ["scan", "fused"]
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--impls", "scan,parallel"])
-    assert "--impls: unknown ['parallel']; choose from ['fused', 'onednn', 'pallas', 'scan']" in capsys.readouterr().err
+    assert "--impls: unknown ['parallel']; choose from ['fused', 'native', 'onednn', 'pallas', 'scan']" in capsys.readouterr().err
     cell = lj.gru(4)
     params = cell.init(jax.random.key(0), 4)
     problem = benchmark.Problem("gru", cell, 3, params, jnp.ones((2, 3, 4), jnp.float32), "float32", 1, False)
