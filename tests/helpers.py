@@ -2,12 +2,14 @@
 
 import functools
 import pathlib
+import re
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import lstm_jax as lj
 from lstm_jax.train.cli import load_script
@@ -57,6 +59,37 @@ def value_and_grads(cell, params, xs, carry, impl, **kw):
 
     (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, carry)
     return out, grads
+
+
+def assert_auto_falls_back_to_fused(cell, params, xs, impl, target):
+    """A C++ form ``impl`` (FFI targets named ``target...``) refuses what it cannot serve:
+    ``impl="auto"`` then takes the fused form (``lengths``, ``resets``) or the scan (float64),
+    and asking for ``impl`` by name says why. ``xs`` is ``[B, T, I]`` float32, ``T >= 4``."""
+    B, T = xs.shape[:2]
+    lengths, resets = jnp.full((B,), T - 1), jnp.zeros((B, T), bool).at[min(1, B - 1), 3].set(True)
+    for kw in (dict(lengths=lengths), dict(resets=resets)):
+        text = str(jax.make_jaxpr(lambda p, x, kw=kw: lj.unroll(cell, p, x, **kw)[0])(params, xs))
+        assert target not in text, kw
+        assert "custom_vjp_call" in text, kw  # the fused form
+    f64 = jax.tree.map(lambda a: a.astype(jnp.float64), (params, xs))
+    assert target not in str(jax.make_jaxpr(lambda p, x: lj.unroll(cell, p, x)[0])(*f64))
+    with pytest.raises(ValueError, match=re.escape(f"`impl={impl!r}` cannot be used here: this form takes no "
+                                                   "`lengths`")):
+        lj.unroll(cell, params, xs, impl=impl, lengths=lengths)
+    with pytest.raises(ValueError, match="float32 only, got \\['float64'\\]"):
+        lj.unroll(cell, *f64, impl=impl)
+
+
+def assert_vmap_and_reused_vjp(cell, params, xs, impl):
+    """Under ``vmap`` the form ``impl`` (its custom call run once per element) equals the scan;
+    a vjp closure called twice sees its residuals unchanged."""
+    many = jnp.stack([xs, 2 * xs])  # [2, B, T, I]
+    got = jax.vmap(lambda x: lj.unroll(cell, params, x, impl=impl)[0])(many)
+    want = jax.vmap(lambda x: lj.unroll(cell, params, x, impl="scan")[0])(many)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    ys, vjp = jax.vjp(lambda p: lj.unroll(cell, p, xs, impl=impl)[0], params)
+    first, second = vjp(jnp.ones_like(ys)), vjp(jnp.ones_like(ys))
+    assert_trees_close(first, second, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------ training runs

@@ -27,7 +27,6 @@ import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax.kernels import _extension, native_rnn
 
-F32, F64 = jnp.float32, jnp.float64
 TARGET = "lstm_jax_native"  # the FFI targets' common prefix, as it appears in a jaxpr
 
 needs_extension = pytest.mark.skipif(native_rnn.unavailable() is not None,
@@ -100,33 +99,13 @@ def test_auto_takes_native_for_the_vanilla_lstm_in_float32_on_the_cpu():
 @needs_extension
 def test_auto_falls_back_to_fused_where_native_cannot_serve():
     cell, params, xs, _ = problem((4,), H=native_rnn.AUTO_MIN_HIDDEN)
-    B, T = xs.shape[:2]
-    lengths, resets = jnp.full((B,), T - 1), jnp.zeros((B, T), bool).at[1, 3].set(True)
-    for kw in (dict(lengths=lengths), dict(resets=resets)):
-        fn = lambda p, x, kw=kw: lj.unroll(cell, p, x, **kw)[0]
-        assert not uses_native(fn, params, xs), kw
-        assert "custom_vjp_call" in str(jax.make_jaxpr(fn)(params, xs)), kw  # the fused form
-    f64 = jax.tree.map(lambda a: a.astype(F64), (params, xs))
-    assert not uses_native(lambda p, x: lj.unroll(cell, p, x)[0], *f64)
-    with pytest.raises(ValueError, match=re.escape("`impl='native'` cannot be used here: this form takes no "
-                                                   "`lengths`")):
-        lj.unroll(cell, params, xs, impl="native", lengths=lengths)
-    with pytest.raises(ValueError, match="takes float32 only, got \\['float64'\\]"):
-        lj.unroll(cell, *f64, impl="native")
+    helpers.assert_auto_falls_back_to_fused(cell, params, xs, "native", TARGET)
 
 
 @needs_extension
 def test_under_vmap_and_a_reused_vjp():
-    """vmap runs the custom call once per element; a vjp closure called twice sees its
-    residuals unchanged."""
     cell, params, xs, _ = problem()
-    many = jnp.stack([xs, 2 * xs])  # [2, B, T, I]
-    got = jax.vmap(lambda x: lj.unroll(cell, params, x, impl="native")[0])(many)
-    want = jax.vmap(lambda x: lj.unroll(cell, params, x, impl="scan")[0])(many)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
-    ys, vjp = jax.vjp(lambda p: lj.unroll(cell, p, xs, impl="native")[0], params)
-    first, second = vjp(jnp.ones_like(ys)), vjp(jnp.ones_like(ys))
-    helpers.assert_trees_close(first, second, rtol=0, atol=0)
+    helpers.assert_vmap_and_reused_vjp(cell, params, xs, "native")
 
 
 @needs_extension

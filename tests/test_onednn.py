@@ -22,7 +22,7 @@ import helpers  # tests/helpers.py
 import lstm_jax as lj
 from lstm_jax.kernels import native_rnn, onednn_rnn
 
-F32, F64 = jnp.float32, jnp.float64
+F32 = jnp.float32
 I, T, H = 3, 6, 5
 CELLS = {"lstm": lambda: lj.lstm(H, forget_bias=0.5), "gru": lambda: lj.gru(H)}
 TARGET = "lstm_jax_onednn"  # the FFI targets' common prefix, as it appears in a jaxpr
@@ -96,19 +96,7 @@ def test_auto_takes_onednn_for_the_lstm_in_float32_on_the_cpu_from_the_measured_
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_auto_falls_back_to_fused_where_onednn_cannot_serve(name):
     cell, params, xs = big_problem(name)
-    B = xs.shape[0]
-    lengths, resets = jnp.full((B,), T - 1), jnp.zeros((B, T), bool).at[1, 3].set(True)
-    for kw in (dict(lengths=lengths), dict(resets=resets)):
-        fn = lambda p, x, kw=kw: lj.unroll(cell, p, x, **kw)[0]
-        assert not uses_onednn(fn, params, xs), kw
-        assert "custom_vjp_call" in str(jax.make_jaxpr(fn)(params, xs)), kw  # the fused form
-    f64 = jax.tree.map(lambda a: a.astype(F64), (params, xs))
-    assert not uses_onednn(lambda p, x: lj.unroll(cell, p, x)[0], *f64)
-    with pytest.raises(ValueError, match=re.escape("`impl='onednn'` cannot be used here: this form takes no "
-                                                   "`lengths`")):
-        lj.unroll(cell, params, xs, impl="onednn", lengths=lengths)
-    with pytest.raises(ValueError, match="take float32 only, got \\['float64'\\]"):
-        lj.unroll(cell, *f64, impl="onednn")
+    helpers.assert_auto_falls_back_to_fused(cell, params, xs, "onednn", TARGET)
 
 
 @needs_extension
@@ -118,16 +106,8 @@ def test_the_loaded_library_reports_its_onednn_version():
 
 @needs_extension
 def test_under_vmap_and_a_reused_vjp():
-    """vmap runs the custom call once per element; a vjp closure called twice sees its
-    residuals (oneDNN's workspace) unchanged."""
-    cell, params, xs, carry = problem("lstm")
-    many = jnp.stack([xs, 2 * xs])  # [2, B, T, I]
-    got = jax.vmap(lambda x: lj.unroll(cell, params, x, impl="onednn")[0])(many)
-    want = jax.vmap(lambda x: lj.unroll(cell, params, x, impl="scan")[0])(many)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
-    ys, vjp = jax.vjp(lambda p: lj.unroll(cell, p, xs, impl="onednn")[0], params)
-    first, second = vjp(jnp.ones_like(ys)), vjp(jnp.ones_like(ys))
-    helpers.assert_trees_close(first, second, rtol=0, atol=0)
+    cell, params, xs, _ = problem("lstm")
+    helpers.assert_vmap_and_reused_vjp(cell, params, xs, "onednn")
 
 
 @needs_extension

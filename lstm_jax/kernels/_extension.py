@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 def compile_library(source: Path, output: Path, flags: list[str], libs: list[str] = (), *,
@@ -59,3 +61,50 @@ def load(library: Path, source: Path, targets: dict[str, str], name: str, rebuil
     for name, symbol in targets.items():
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     return lib
+
+
+def unavailable(lib: ctypes.CDLL | str, what: str) -> str | None:
+    """Why a loaded-or-not extension cannot run in this process (None if it can): ``lib`` is the
+    reason it did not load, or JAX's default backend is not the CPU (``what`` runs on the CPU)."""
+    if isinstance(lib, str):
+        return lib
+    if jax.default_backend() != "cpu":
+        return f"{what} runs on the CPU and JAX's default backend is {jax.default_backend()!r}"
+    return None
+
+
+def float32_refusal(why: str | None, what: str, params, xs, carry) -> str | None:
+    """Why a float32-only form cannot serve these arrays: ``why`` (the extension's
+    unavailability), else a dtype other than float32 among them (``what`` takes float32 only)."""
+    if why:
+        return why
+    dtypes = {jnp.dtype(a.dtype) for a in jax.tree_util.tree_leaves((params, xs, carry))}
+    if dtypes != {jnp.dtype(jnp.float32)}:
+        return f"{what} float32 only, got {sorted(map(str, dtypes))}"
+    return None
+
+
+def call(lib: ctypes.CDLL | str, impl: str, target: str, outputs, *args, aliases=None, **attributes):
+    """``jax.ffi.ffi_call`` of a registered target (run once per element under ``vmap``), or a
+    ``RuntimeError`` naming ``impl`` when the extension ``lib`` did not load (then a reason)."""
+    if isinstance(lib, str):
+        raise RuntimeError(f"impl={impl!r}: {lib}.")
+    attributes = {k: np.int64(v) for k, v in attributes.items()}
+    return jax.ffi.ffi_call(target, outputs, vmap_method="sequential",
+                            input_output_aliases=aliases or {})(*args, **attributes)
+
+
+def f32(shape) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+
+
+def build_main(build, argv: list[str], form: str) -> int:
+    """``python -m lstm_jax.kernels.<form> [--optional]``: runs ``build()``. With ``--optional``
+    a failure prints why and returns 0 (the XLA forms serve instead)."""
+    try:
+        build()
+    except RuntimeError as e:
+        if "--optional" not in argv:
+            raise
+        print(f"lstm_jax: the {form} form is not built, the XLA forms will serve instead: {e}")
+    return 0

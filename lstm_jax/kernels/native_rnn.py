@@ -68,23 +68,12 @@ def _library() -> ctypes.CDLL | str:
 def unavailable() -> str | None:
     """Why the ``"native"`` form cannot run in this process (None if it can): the library is not
     built or does not load, or JAX's default backend is not the CPU."""
-    lib = _library()
-    if isinstance(lib, str):
-        return lib
-    if jax.default_backend() != "cpu":
-        return f"the native kernel runs on the CPU and JAX's default backend is {jax.default_backend()!r}"
-    return None
+    return _extension.unavailable(_library(), "the native kernel")
 
 
 def refusal(params, xs, carry) -> str | None:
     """Why the ``"native"`` form cannot serve a call with these arrays (None if it can)."""
-    why = unavailable()
-    if why:
-        return why
-    dtypes = {jnp.dtype(a.dtype) for a in jax.tree_util.tree_leaves((params, xs, carry))}
-    if dtypes != {jnp.dtype(jnp.float32)}:
-        return f"the native kernel takes float32 only, got {sorted(map(str, dtypes))}"
-    return None
+    return _extension.float32_refusal(unavailable(), "the native kernel takes", params, xs, carry)
 
 
 # impl="auto" takes the native LSTM from this hidden size on. Below it (H = 32, 64) the fused XLA
@@ -102,28 +91,19 @@ def preferred(params, xs, carry) -> bool:
 
 
 def _call(target: str, outputs, *args):
-    lib = _library()  # loading it registers the targets
-    if isinstance(lib, str):
-        raise RuntimeError(f"impl='native': {lib}.")
-    return jax.ffi.ffi_call(target, outputs, vmap_method="sequential")(*args)
+    return _extension.call(_library(), "native", target, outputs, *args)
 
 
-def _f32(shape) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+_f32 = _extension.f32
 
 
 @jax.custom_vjp
 def lstm_layer(w_x: Array, w_h: Array, b: Array, xs: Array, h0: Array, c0: Array):
-    """A vanilla LSTM layer over time, run by the native kernel.
-
-    Args:
-      w_x: ``[I, 4H]``; w_h ``[H, 4H]``; b ``[4H]`` (gate blocks i, f, g, o), float32.
-      xs: ``[T, B, I]`` time-major inputs; h0, c0 ``[B, H]``.
-
-    Returns:
-      ``(ys [T, B, H], (h_last, c_last))``, as :func:`lstm_jax.kernels.fused_rnn.lstm_layer`
-      without masks.
-    """
+    """A vanilla LSTM layer over time, run by the native kernel: ``w_x [I, 4H]``, ``w_h
+    [H, 4H]``, ``b [4H]`` (gate blocks i, f, g, o), inputs ``xs [T, B, I]`` (time-major) and
+    carry ``h0, c0 [B, H]``, all float32 -> ``(ys [T, B, H], (h_last, c_last))``, the
+    signature and results of :func:`lstm_jax.kernels.fused_rnn.lstm_layer` without masks.
+    Differentiable in every argument."""
     T, B, _ = xs.shape
     H = h0.shape[-1]
     ys, h, c = _call("lstm_jax_native_lstm_forward", (_f32((T, B, H)), _f32((B, H)), _f32((B, H))),
@@ -161,11 +141,4 @@ lstm_layer.defvjp(_lstm_fwd, _lstm_bwd)
 def main(argv: list[str] | None = None) -> int:
     """``python -m lstm_jax.kernels.native [--optional]``: builds the library. With ``--optional``
     a failure prints why and exits 0 (the XLA forms serve instead)."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        build()
-    except RuntimeError as e:
-        if "--optional" not in argv:
-            raise
-        print(f"lstm_jax: the native LSTM kernel is not built, the XLA forms will serve instead: {e}")
-    return 0
+    return _extension.build_main(build, sys.argv[1:] if argv is None else argv, "native")

@@ -122,12 +122,7 @@ def _library() -> ctypes.CDLL | str:
 def unavailable() -> str | None:
     """Why the ``"onednn"`` form cannot run in this process (None if it can): the library is
     not built or does not load, or JAX's default backend is not the CPU."""
-    lib = _library()
-    if isinstance(lib, str):
-        return lib
-    if jax.default_backend() != "cpu":
-        return f"oneDNN runs on the CPU and JAX's default backend is {jax.default_backend()!r}"
-    return None
+    return _extension.unavailable(_library(), "oneDNN")
 
 
 def version() -> str | None:
@@ -141,13 +136,7 @@ def version() -> str | None:
 
 def refusal(params, xs, carry) -> str | None:
     """Why the ``"onednn"`` form cannot serve a call with these arrays (None if it can)."""
-    why = unavailable()
-    if why:
-        return why
-    dtypes = {jnp.dtype(a.dtype) for a in jax.tree_util.tree_leaves((params, xs, carry))}
-    if dtypes != {jnp.dtype(jnp.float32)}:
-        return f"oneDNN's RNN primitives here take float32 only, got {sorted(map(str, dtypes))}"
-    return None
+    return _extension.float32_refusal(unavailable(), "oneDNN's RNN primitives here take", params, xs, carry)
 
 
 # impl="auto" takes the oneDNN LSTM from these sizes on: below them the fused XLA form was as
@@ -172,17 +161,11 @@ def _workspace_bytes(cell: str, T: int, B: int, I: int, H: int) -> int:
     return int(n)
 
 
-def _call(target: str, outputs, *args, aliases=None, **attributes):
-    lib = _library()  # loading it registers the targets
-    if isinstance(lib, str):
-        raise RuntimeError(f"impl='onednn': {lib}.")
-    attributes = {k: np.int64(v) for k, v in attributes.items()}
-    return jax.ffi.ffi_call(target, outputs, vmap_method="sequential",
-                            input_output_aliases=aliases or {})(*args, **attributes)
+def _call(target: str, outputs, *args, aliases=None):
+    return _extension.call(_library(), "onednn", target, outputs, *args, aliases=aliases)
 
 
-def _f32(shape) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+_f32 = _extension.f32
 
 
 # --- LSTM ----------------------------------------------------------------------------------
@@ -288,12 +271,4 @@ gru_layer.defvjp(_gru_fwd, _gru_bwd)
 def main(argv: list[str] | None = None) -> int:
     """``python -m lstm_jax.kernels.onednn [--optional]``: builds the library. With
     ``--optional`` a failure prints why and exits 0 (the XLA forms serve instead)."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        build()
-    except RuntimeError as e:
-        if "--optional" not in argv:
-            raise
-        print(f"lstm_jax: the oneDNN form is not built, the fused XLA form will serve instead: {e}")
-    return 0
-
+    return _extension.build_main(build, sys.argv[1:] if argv is None else argv, "oneDNN")
