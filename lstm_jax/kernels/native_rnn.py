@@ -1,17 +1,18 @@
 """The vanilla LSTM's recurrence as hand-written C++ for the CPU (float32), through :mod:`jax.ffi`.
 
 The ``"native"`` form of ``lstm(H)``. The loops are ``lstm_jax/kernels/native/lstm.cc``: per
-step the products ``x_t W_x + h_{t-1} W_h`` with both weights packed once per call, the gates and
-the cell update (forward), and per step ``dh = dG_{t+1} W_h^T`` with the gate gradients
+step the products ``x_t W_x + h_{t-1} W_h`` with both weights packed once per call, the gates
+and the cell update (forward), and per step ``dh = dG_{t+1} W_h^T`` with the gate gradients
 (backward). XLA does the rest of the backward pass, large matrix products over all steps at
-once: the weight, bias and input gradients from the pre-activation gradients ``dG``. Threads split the hidden units, so each step needs one
-barrier; the library is built with ``-march=native`` for the machine it runs on.
+once: the weight, bias and input gradients from the pre-activation gradients ``dG``. Threads
+split the hidden units, so each step needs one barrier; the library is built with
+``-march=native`` for the machine it runs on (``LSTM_JAX_NATIVE_THREADS`` caps its threads).
 
-Why it exists (issue 17; README, Performance): the fused XLA form runs about six XLA ops per
-forward step and ten per backward step, and XLA's per-step matmuls on a small batch ran at
-about half the machine's dense rate; PyTorch's ``nn.LSTM`` runs oneDNN's fused RNN primitive,
-and the oneDNN 3.2 that PyPI offers has a slower backward pass than the 3.12 inside PyTorch.
-This kernel needs no library beyond a C++ compiler and JAX's FFI headers.
+Why it exists (issue 17; README, Performance): the fused XLA form runs several XLA ops per
+step, and XLA's per-step matmuls on a small batch ran at about half the machine's dense rate;
+PyTorch's ``nn.LSTM`` runs oneDNN's fused RNN primitive, and the oneDNN 3.2 that PyPI offers
+(our ``"onednn"`` form) has a slower backward pass than the 3.12 inside PyTorch. This kernel
+needs no library beyond a C++ compiler and JAX's FFI headers.
 
 :func:`lstm_layer` is a :func:`jax.custom_vjp` function; without differentiation the forward
 pass writes no residuals. Shapes are time-major with the batch flattened: ``xs [T, B, I]``,
@@ -76,11 +77,13 @@ def refusal(params, xs, carry) -> str | None:
     return _extension.float32_refusal(unavailable(), "the native kernel takes", params, xs, carry)
 
 
-# impl="auto" takes the native LSTM from this hidden size on. Below it (H = 32, 64) the fused XLA
-# form was as fast or faster in forward+backward in repeated sweeps (T = 64, B in {1, 4, 8, 32,
-# 128}, H in {32, ..., 512}, interleaved, 2-core x86-64 CPU): the kernel's per-call and per-step
-# costs (waking its thread, a barrier per step) are not repaid by so little work per step. From
-# H = 128 on it was 1.1-2.4x faster forward and 1.0-1.7x forward+backward (README, Performance).
+# impl="auto" takes the native LSTM from this hidden size on. In a sweep against the fused XLA
+# form (T = 64, B in {1, 4, 8, 32, 128}, H in {32, ..., 512}, interleaved, 2-core x86-64 CPU;
+# README, Performance), from H = 128 on the native form was 0.99-1.44x the fused form's speed in
+# forward+backward (median 1.24) and 0.63-1.90x forward (median 1.37; slower only at batch 1-4);
+# at H = 32 and 64 the fused form was faster in forward+backward in 6 of 10 cells (median 0.91):
+# there the kernel's per-call and per-step costs (waking its thread, a barrier per step) are not
+# repaid by so little work per step.
 AUTO_MIN_HIDDEN = 128
 
 
