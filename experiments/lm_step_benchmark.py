@@ -6,13 +6,14 @@ size ``--hidden`` -> readout, mean cross-entropy, global-norm clipping at 1, Ada
 
 - ``lstm_jax <impl>``: ``value_and_grad`` of ``LanguageModel.loss`` and ``optax`` Adam in one
   jitted step, the cells' layers built with ``impl=<impl>`` (``auto``: what the library picks,
-  the oneDNN primitive on the CPU where it is built; ``fused``: the XLA fused form);
+  for the LSTM on the CPU the native C++ form where it is built; ``onednn``: oneDNN's
+  primitive; ``fused``: the XLA fused form);
 - ``torch``: the PyTorch twin (``experiments/torch_char_lm.py``'s ``CharLM`` built from the same
   weights), forward, ``backward``, ``clip_grad_norm_``, ``torch.optim.Adam.step``.
 
 Median of ``--repeats`` steps after warm-up, the implementations interleaved in rounds as in
 ``experiments/benchmark.py`` (``time_interleaved``). The batch carries no document boundaries
-(``resets``), which the oneDNN form does not take (with them the fused form serves).
+(``resets``), which the C++ forms do not take (with them the fused form serves).
 
     JAX_PLATFORMS=cpu python experiments/lm_step_benchmark.py                 # 2 x LSTM 256, B=32, T=128
     JAX_PLATFORMS=cpu python experiments/lm_step_benchmark.py --cell gru
