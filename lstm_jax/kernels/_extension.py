@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def compile_library(source: Path, output: Path, flags: list[str], libs: list[str] = (), *,
@@ -84,14 +83,12 @@ def float32_refusal(why: str | None, what: str, params, xs, carry) -> str | None
     return None
 
 
-def call(lib: ctypes.CDLL | str, impl: str, target: str, outputs, *args, aliases=None, **attributes):
+def call(lib: ctypes.CDLL | str, impl: str, target: str, outputs, *args, aliases=None):
     """``jax.ffi.ffi_call`` of a registered target (run once per element under ``vmap``), or a
     ``RuntimeError`` naming ``impl`` when the extension ``lib`` did not load (then a reason)."""
     if isinstance(lib, str):
         raise RuntimeError(f"impl={impl!r}: {lib}.")
-    attributes = {k: np.int64(v) for k, v in attributes.items()}
-    return jax.ffi.ffi_call(target, outputs, vmap_method="sequential",
-                            input_output_aliases=aliases or {})(*args, **attributes)
+    return jax.ffi.ffi_call(target, outputs, vmap_method="sequential", input_output_aliases=aliases or {})(*args)
 
 
 def f32(shape) -> jax.ShapeDtypeStruct:
