@@ -56,12 +56,16 @@ def test_native_equals_scan_with_gradients(options, batch):
 
 
 @needs_extension
-@pytest.mark.parametrize("B, I, T, H", [(13, 7, 9, 21), (16, 40, 7, 40), (6, 16, 5, 16), (7, 9, 1, 8)],
-                         ids=["tails", "two-threads", "whole-blocks", "one-step"])
+@pytest.mark.parametrize("B, I, T, H", [(13, 7, 9, 21), (16, 40, 35, 40), (6, 16, 5, 16), (7, 9, 1, 8),
+                                        (13, 7, 45, 21), (300, 5, 3, 8)],
+                         ids=["tails", "two-threads", "whole-blocks", "one-step", "chunks", "step-chunks"])
 def test_native_equals_scan_where_the_kernel_cuts_its_work(B, I, T, H):
     """H = 21: vector blocks of 8 with a remainder of 5 and an odd number of blocks (the backward
     pass takes blocks in pairs); B = 13: row tiles of at most 6 with a remainder; (16, 40):
-    enough work per step for the kernel to use two threads on a machine with two cores."""
+    enough work per step for the kernel to use two threads on a machine with two cores. The
+    backward pass takes its gradient products a chunk of about 256 rows (batch x steps) at a time:
+    B = 13, T = 45 makes chunks of 19, 19 and 7 steps; (16, 40, 35) three chunks on two threads;
+    B = 300 one step per chunk, each longer than the 256 rows the products take at a time."""
     cell, params, xs, carry = problem((B,), I, T, H, seed=1)
     got = helpers.value_and_grads(cell, params, xs, carry, "native")
     want = helpers.value_and_grads(cell, params, xs, carry, "scan")

@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from lstm_jax.kernels import _extension
 
@@ -127,15 +126,10 @@ def _lstm_fwd(w_x, w_h, b, xs, h0, c0):
 def _lstm_bwd(res, cotangents):
     w_x, w_h, xs, h0, c0, ys, gates, cs = res
     dys, (dh, dc) = cotangents
-    # The kernel runs the recurrence backwards to the pre-activation gradients dG [T, B, 4H];
-    # the rest is one matmul each over all steps.
-    dG, dh0, dc0 = _call("lstm_jax_native_lstm_backward", (_f32(gates.shape), _f32(h0.shape), _f32(c0.shape)),
-                         w_h, gates, cs, c0, dys, dh, dc)
-    h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)
-    dw_x = jnp.einsum("tbi,tbg->ig", xs, dG)
-    dw_h = jnp.einsum("tbh,tbg->hg", h_prev, dG)
-    dxs = jnp.einsum("tbg,ig->tbi", dG, w_x)
-    return dw_x, dw_h, dG.sum(axis=(0, 1)), dxs, dh0, dc0
+    # One call: the recurrence backwards and, chunk by chunk, the weight, bias and input gradients.
+    shapes = (w_x.shape, w_h.shape, w_h.shape[-1:], xs.shape, h0.shape, c0.shape)
+    return tuple(_call("lstm_jax_native_lstm_backward", tuple(map(_f32, shapes)),
+                       w_x, w_h, xs, h0, ys, gates, cs, c0, dys, dh, dc))
 
 
 lstm_layer.defvjp(_lstm_fwd, _lstm_bwd)

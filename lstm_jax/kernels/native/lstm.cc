@@ -20,6 +20,7 @@
 // pre-activation gradients).
 
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -227,15 +228,17 @@ int threads_for(int64_t B, int64_t K, int64_t H, int blocks) {
 
 // --- the per-step product --------------------------------------------------------------------
 
-// Every per-step product is a small matrix product acc [B, 16] += a [B, K] w [K, 16] over a
-// chunk k0..k1 of K, with w packed as [K][2][8] (two vectors per k). Rows go 6 at a time:
-// 6 x 2 = 12 accumulators, 2 weight vectors and a broadcast in AVX2's 16 registers.
+// Every product is a small matrix product acc [B, 16] += a [B, K] w [K, 16] over a chunk k0..k1
+// of K, with w packed as [K][2][8] (two vectors per k). Rows go 6 at a time: 6 x 2 = 12
+// accumulators, 2 weight vectors and a broadcast in AVX2's 16 registers.
+constexpr int64_t kPacked = 2 * L;  // floats per k of a packed w
+
 template <int R>
 void product(const float* a, int64_t lda, const float* w, int64_t k0, int64_t k1, v8* acc, int64_t acc_stride) {
   v8 s[R][2];
   for (int r = 0; r < R; ++r) s[r][0] = acc[r * acc_stride], s[r][1] = acc[r * acc_stride + 1];
   for (int64_t k = k0; k < k1; ++k) {
-    const v8 w0 = load(w + k * 2 * L), w1 = load(w + k * 2 * L + L);
+    const v8 w0 = load(w + k * kPacked), w1 = load(w + k * kPacked + L);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const v8 x = splat(a[r * lda + k]);
@@ -421,39 +424,63 @@ extern "C" void lstm_jax_native_forward(int64_t T, int64_t B, int64_t I, int64_t
 namespace {
 
 // --- backward --------------------------------------------------------------------------------
+//
+// Per step, threads split the hidden units as in the forward pass: dh = dG_{t+1} W_h^T, then dG_t
+// and dc_{t-1} for their units. dG lives only a chunk of steps at a time (two chunk buffers,
+// alternating): once a chunk is complete, every thread takes its share of the chunk's gradient
+// products while they are in cache -- rows of dW = [x | h_prev]^T dG (W_x's and W_h's rows, split
+// between threads) and column blocks of dxs = dG W_x^T -- and the buffer is reused two chunks
+// later. So dG never goes to memory as a [T, B, 4H] array, and nothing is left for XLA to do.
 
 struct Backward {
-  int64_t T, B, H, Hp;
+  int64_t T, B, I, H, Hp, G, Gp, Gs, S;  // Gp: 4H rounded up to 16; Gs: dG's row stride; S: steps per chunk
   const float* w;       // packed [pairs][4H][2][8]: W_h[8 (2 pair + q) + lane, k] (0 past H)
+  const float* wxt;     // packed [ipairs][4H][2][8]: W_x[8 (2 pair + q) + lane, k] (0 past I)
+  const float* xs;      // [T, B, I]
+  const float* h0;      // [B, H]
+  const float* ys;      // [T, B, H]
   const float* gates;   // [T, B, 4H]
   const float* cs;      // [T, B, H]
   const float* c0;      // [B, H]
   const float* dys;     // [T, B, H]
   const float* dh_last; // [B, H]
-  float* dG;            // [T, B, 4H] out
+  float* dG;            // 2 chunk buffers of [S * B, Gs]
   float* dc;            // [B, Hp]: dL/dc_t, carried back
+  float* db;            // [4, Hp]: the bias gradient, summed over rows
+  float* dxs;           // [T, B, I] out
+
+  // dG_t's rows [B, Gp]: chunk t / S in buffer (t / S) % 2.
+  float* dg(int64_t t) const { return dG + (((t / S) % 2) * S + t % S) * B * Gs; }
 };
 
-void pack_backward(const float* w_h, int64_t H, int pairs, float* out) {
-  const int64_t G = 4 * H;
+// Steps per chunk of the gradient products: about this many rows (batch x steps), enough for the
+// products to run near the machine's rate, few enough that a chunk's dG (rows x 4H) stays in cache.
+constexpr int64_t kGradientRows = 256;
+
+inline int64_t gradient_steps(int64_t B) { return std::max<int64_t>(1, kGradientRows / std::max<int64_t>(B, 1)); }
+
+// W [U, G] packed for products with W^T, 16 rows (two unit blocks) at a time: [pairs][G][2][8].
+void pack_transposed(const float* w, int64_t U, int64_t G, int pairs, float* out) {
   for (int pair = 0; pair < pairs; ++pair)
     for (int64_t k = 0; k < G; ++k)
       for (int q = 0; q < 2; ++q)
         for (int l = 0; l < L; ++l) {
           const int64_t u = (int64_t(pair) * 2 + q) * L + l;
-          *out++ = u < H ? w_h[u * G + k] : 0.f;
+          *out++ = u < U ? w[u * G + k] : 0.f;
         }
 }
 
 // Step t for the unit blocks of pair `pair`: dh (dG_{t+1} W_h^T into acc [B][2], or the
-// cotangent of h_T at the last step), then dG_t and dc_{t-1}.
+// cotangent of h_T at the last step), then dG_t, dc_{t-1} and the bias gradient.
 void backward_pair(const Backward& a, int64_t t, int pair, v8* acc) {
-  const int64_t H = a.H, G = 4 * H, B = a.B;
-  if (t + 1 < a.T) multiply(a.dG + (t + 1) * B * G, G, B, a.w + int64_t(pair) * G * 2 * L, G, acc, 2);
+  const int64_t H = a.H, G = a.G, B = a.B;
+  if (t + 1 < a.T) multiply(a.dg(t + 1), a.Gs, B, a.w + int64_t(pair) * G * kPacked, G, acc, 2);
+  float* dgt = a.dg(t);
   for (int q = 0; q < 2; ++q) {
     const int64_t u0 = (int64_t(pair) * 2 + q) * L;
     if (u0 >= H) break;
     const int n = lanes(H, u0);
+    v8 db[4] = {};
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = t * B + b;
       const v8 dh_next = t + 1 < a.T ? acc[b * 2 + q] : load_n(a.dh_last + b * H + u0, n);
@@ -466,56 +493,119 @@ void backward_pair(const Backward& a, int64_t t, int pair, v8* acc) {
       float* dcp = a.dc + b * a.Hp + u0;
       const v8 dc = load(dcp) + dh * o * (1.f - tc * tc);
       store(dcp, dc * f);
-      float* d = a.dG + row * G + u0;
-      store_n(d, dc * g * i * (1.f - i), n);
-      store_n(d + H, dc * c_prev * f * (1.f - f), n);
-      store_n(d + 2 * H, dc * i * (1.f - g * g), n);
-      store_n(d + 3 * H, dh * tc * o * (1.f - o), n);
+      const v8 d[4] = {dc * g * i * (1.f - i), dc * c_prev * f * (1.f - f), dc * i * (1.f - g * g),
+                       dh * tc * o * (1.f - o)};
+      float* dst = dgt + b * a.Gs + u0;
+      for (int k = 0; k < 4; ++k) store_n(dst + k * H, d[k], n), db[k] += d[k];
+    }
+    for (int k = 0; k < 4; ++k) {
+      float* p = a.db + k * a.Hp + u0;
+      store(p, load(p) + db[k]);
     }
   }
 }
 
 // dh_0 = dG_0 W_h^T for the unit blocks of pair `pair`, into out [B, H].
 void backward_first(const Backward& a, int pair, v8* acc, float* out) {
-  const int64_t H = a.H, G = 4 * H;
-  multiply(a.dG, G, a.B, a.w + int64_t(pair) * G * 2 * L, G, acc, 2);
+  multiply(a.dg(0), a.Gs, a.B, a.w + int64_t(pair) * a.G * kPacked, a.G, acc, 2);
   for (int q = 0; q < 2; ++q) {
     const int64_t u0 = (int64_t(pair) * 2 + q) * L;
-    if (u0 >= H) break;
-    for (int64_t b = 0; b < a.B; ++b) store_n(out + b * H + u0, acc[b * 2 + q], lanes(H, u0));
+    if (u0 >= a.H) break;
+    for (int64_t b = 0; b < a.B; ++b) store_n(out + b * a.H + u0, acc[b * 2 + q], lanes(a.H, u0));
+  }
+}
+
+// This thread's part of the gradient products of the complete chunk of steps t0..t1-1 (K rows):
+// rows z0..z1-1 of dW = [x | h_prev]^T dG (z < I: W_x's, else W_h's), accumulated into
+// dw [z1 - z0][Gp / 8] through zt (those rows of [x | h_prev]^T for the chunk, [z1 - z0][K]) and
+// panel (a 16-column block of the chunk's dG, [K][16]); and dxs = dG W_x^T for the input columns
+// of pairs p0..p1-1 (through acc [K][2]).
+void gradient_chunk(const Backward& a, int64_t t0, int64_t t1, int64_t z0, int64_t z1, int p0, int p1, float* zt,
+                    float* panel, v8* dw, v8* acc) {
+  const int64_t B = a.B, I = a.I, H = a.H, K = (t1 - t0) * B, nz = z1 - z0;
+  const float* dgc = a.dg(t0);  // the chunk's rows, consecutive
+  if (nz > 0) {
+    for (int64_t r = 0; r < K; ++r) {
+      const int64_t row = t0 * B + r;  // h_prev of row (t, b) is h_{t-1}[b]: ys one step back, or h0
+      const float* x = a.xs + row * I;
+      const float* h = row < B ? a.h0 + row * H : a.ys + (row - B) * H;
+      for (int64_t z = z0; z < z1; ++z) zt[(z - z0) * K + r] = z < I ? x[z] : h[z - I];
+    }
+    for (int64_t c0 = 0; c0 < a.Gp; c0 += kPacked) {
+      for (int64_t r = 0; r < K; ++r) std::memcpy(panel + r * kPacked, dgc + r * a.Gs + c0, kPacked * sizeof(float));
+      multiply(zt, K, nz, panel, K, dw + c0 / L, a.Gp / L, true);
+    }
+  }
+  for (int p = p0; p < p1; ++p) {
+    multiply(dgc, a.Gs, K, a.wxt + int64_t(p) * a.G * kPacked, a.G, acc, 2);
+    for (int q = 0; q < 2; ++q) {
+      const int64_t u0 = (int64_t(p) * 2 + q) * L;
+      if (u0 >= I) break;
+      for (int64_t r = 0; r < K; ++r) store_n(a.dxs + (t0 * B + r) * I + u0, acc[r * 2 + q], lanes(I, u0));
+    }
   }
 }
 
 }  // namespace
 
-// Backward over T steps: dG [T, B, 4H] (the pre-activation gradients; the weight, bias and
-// input gradients follow from it by matmuls), dh0 and dc0 [B, H].
-extern "C" void lstm_jax_native_backward(int64_t T, int64_t B, int64_t H, const float* w_h, const float* gates,
-                                         const float* cs, const float* c0, const float* dys, const float* dh_last,
-                                         const float* dc_last, float* dG, float* dh0, float* dc0) {
+// Backward over T steps: the gradients of the loss with respect to w_x [I, 4H], w_h [H, 4H],
+// b [4H], xs [T, B, I], h0 and c0 [B, H], from the forward pass's inputs, outputs ys and residuals
+// (gates, cs) and the cotangents dys [T, B, H], dh_last, dc_last [B, H].
+extern "C" void lstm_jax_native_backward(int64_t T, int64_t B, int64_t I, int64_t H, const float* w_x,
+                                         const float* w_h, const float* xs, const float* h0, const float* ys,
+                                         const float* gates, const float* cs, const float* c0, const float* dys,
+                                         const float* dh_last, const float* dc_last, float* dw_x, float* dw_h,
+                                         float* db, float* dxs, float* dh0, float* dc0) {
+  const int64_t G = 4 * H;
   if (T == 0) {
+    std::memset(dw_x, 0, I * G * sizeof(float));
+    std::memset(dw_h, 0, H * G * sizeof(float));
+    std::memset(db, 0, G * sizeof(float));
     std::memcpy(dh0, dh_last, B * H * sizeof(float));
     std::memcpy(dc0, dc_last, B * H * sizeof(float));
     return;
   }
-  const int pairs = static_cast<int>((H + 2 * L - 1) / (2 * L));
-  const int64_t Hp = int64_t(pairs) * 2 * L;
+  const int pairs = static_cast<int>((H + 2 * L - 1) / (2 * L)), ipairs = static_cast<int>((I + 2 * L - 1) / (2 * L));
+  const int64_t Hp = int64_t(pairs) * 2 * L, Gp = (G + 2 * L - 1) / (2 * L) * (2 * L), S = gradient_steps(B);
+  // One cache line more than Gp: rows 4 KiB apart (H = 256) would share the L1 cache's sets.
+  const int64_t Gs = Gp + kPacked;
   thread_local std::vector<float> packed_buf, state_buf;
-  float* packed = scratch(packed_buf, size_t(pairs) * 4 * H * 2 * L);
-  float* dc = scratch(state_buf, size_t(B * Hp));
-  pack_backward(w_h, H, pairs, packed);
+  float* packed = scratch(packed_buf, size_t(pairs + ipairs) * G * kPacked);
+  float* state = scratch(state_buf, size_t(B * Hp + 4 * Hp + 2 * S * B * Gs));
+  pack_transposed(w_h, H, G, pairs, packed);
+  pack_transposed(w_x, I, G, ipairs, packed + size_t(pairs) * G * kPacked);
+  float* dc = state;
+  float* dbp = state + B * Hp;
+  float* dG = dbp + 4 * Hp;
   pad_rows(dc_last, B, H, Hp, dc);
-  Backward a{T, B, H, Hp, packed, gates, cs, c0, dys, dh_last, dG, dc};
-  Pool::get().run(threads_for(B, 4 * H, H, pairs), [&](int j, int nt, Barrier& barrier) {
-    int lo, hi;
+  // The padding columns of dG are read by the weight-gradient products (their results dropped).
+  std::memset(dbp, 0, (4 * Hp + 2 * S * B * Gs) * sizeof(float));
+  Backward a{T, B, I, H, Hp, G, Gp, Gs, S, packed, packed + size_t(pairs) * G * kPacked, xs, h0, ys, gates, cs, c0,
+             dys, dh_last, dG, dc, dbp, dxs};
+  Pool::get().run(threads_for(B, G, H, pairs), [&](int j, int nt, Barrier& barrier) {
+    int lo, hi, p0, p1, z0, z1;
     share(pairs, j, nt, lo, hi);
-    v8* acc = accumulators(size_t(B) * 2);
+    share(ipairs, j, nt, p0, p1);
+    share(static_cast<int>(I + H), j, nt, z0, z1);
+    const int64_t nz = z1 - z0, K = S * B;
+    v8* acc = accumulators(size_t(std::max(B, K)) * 2 + size_t(nz) * (Gp / L));
+    v8* dw = acc + std::max(B, K) * 2;
+    std::fill(dw, dw + nz * (Gp / L), v8{});
+    thread_local std::vector<float> zt_buf;
+    float* zt = scratch(zt_buf, size_t(nz + kPacked) * K);
+    float* panel = zt + nz * K;
     for (int64_t t = T - 1; t >= 0; --t) {
       for (int pair = lo; pair < hi; ++pair) backward_pair(a, t, pair, acc);
       barrier.wait();
+      // Chunk t..t1-1 is complete; the next step reads only its first step, the chunk after
+      // writes the other buffer, and this buffer is written again only after the next barrier.
+      if (t % S == 0) gradient_chunk(a, t, std::min(T, t + S), z0, z1, p0, p1, zt, panel, dw, acc);
     }
     for (int pair = lo; pair < hi; ++pair) backward_first(a, pair, acc, dh0);
+    for (int64_t z = z0; z < z1; ++z)
+      std::memcpy(z < I ? dw_x + z * G : dw_h + (z - I) * G, dw + (z - z0) * (Gp / L), G * sizeof(float));
   });
+  for (int k = 0; k < 4; ++k) std::memcpy(db + k * H, dbp + k * Hp, H * sizeof(float));
   unpad_rows(dc, B, H, Hp, dc0);
 }
 
@@ -529,6 +619,14 @@ using F32 = ffi::Buffer<ffi::F32>;
 using OutF32 = ffi::ResultBuffer<ffi::F32>;
 
 // Shapes the Python side guarantees; checked again here because a wrong one would read out of bounds.
+void prefer_huge_pages(void* data, size_t bytes) {
+  constexpr uintptr_t kHuge = 2u << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+template <typename Buf> void huge(Buf& b) { prefer_huge_pages(b->typed_data(), b->element_count() * sizeof(float)); }
+
 ffi::Error check(bool ok, const char* what) {
   return ok ? ffi::Error::Success()
             : ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("lstm_jax native LSTM: ") + what);
@@ -569,24 +667,30 @@ ffi::Error ForwardImpl(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, OutF32 y
 
 ffi::Error ForwardTrainImpl(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, OutF32 ys, OutF32 h, OutF32 c,
                             OutF32 gates, OutF32 cs) {
+  huge(ys); huge(gates); huge(cs);
   return forward(xs, w_x, w_h, b, h0, c0, ys, h, c, gates->typed_data(), cs->typed_data());
 }
 
-// w_h, gates, cs, c0, dys, dh_T, dc_T -> dG [T, B, 4H], dh0, dc0 [B, H].
-ffi::Error BackwardImpl(F32 w_h, F32 gates, F32 cs, F32 c0, F32 dys, F32 dh, F32 dc, OutF32 dG, OutF32 dh0,
-                        OutF32 dc0) {
-  const auto d = gates.dimensions();
-  if (d.size() != 3 || c0.dimensions().size() != 2) return check(false, "gates must be [T, B, 4H], c0 [B, H]");
-  const int64_t T = d[0], B = d[1], H = c0.dimensions()[1];
-  if (auto e = check(d[2] == 4 * H && c0.dimensions()[0] == B && w_h.element_count() == 4 * H * H &&
+// w_x, w_h, xs, h0, ys, gates, cs, c0, dys, dh_T, dc_T -> dw_x, dw_h, db, dxs, dh0, dc0.
+ffi::Error BackwardImpl(F32 w_x, F32 w_h, F32 xs, F32 h0, F32 ys, F32 gates, F32 cs, F32 c0, F32 dys, F32 dh,
+                        F32 dc, OutF32 dw_x, OutF32 dw_h, OutF32 db, OutF32 dxs, OutF32 dh0, OutF32 dc0) {
+  const auto d = xs.dimensions();
+  if (d.size() != 3 || c0.dimensions().size() != 2) return check(false, "xs must be [T, B, I], c0 [B, H]");
+  const int64_t T = d[0], B = d[1], I = d[2], H = c0.dimensions()[1];
+  if (auto e = check(c0.dimensions()[0] == B && w_x.element_count() == 4 * I * H &&
+                     w_h.element_count() == 4 * H * H && h0.element_count() == B * H &&
+                     ys.element_count() == T * B * H && gates.element_count() == T * B * 4 * H &&
                      cs.element_count() == T * B * H && dys.element_count() == T * B * H &&
                      dh.element_count() == B * H && dc.element_count() == B * H, "inconsistent shapes");
       e.failure())
     return e;
+  huge(dxs);
   return guarded([&] {
-    lstm_jax_native_backward(T, B, H, w_h.typed_data(), gates.typed_data(), cs.typed_data(), c0.typed_data(),
-                             dys.typed_data(), dh.typed_data(), dc.typed_data(), dG->typed_data(),
-                             dh0->typed_data(), dc0->typed_data());
+    lstm_jax_native_backward(T, B, I, H, w_x.typed_data(), w_h.typed_data(), xs.typed_data(), h0.typed_data(),
+                             ys.typed_data(), gates.typed_data(), cs.typed_data(), c0.typed_data(),
+                             dys.typed_data(), dh.typed_data(), dc.typed_data(), dw_x->typed_data(),
+                             dw_h->typed_data(), db->typed_data(), dxs->typed_data(), dh0->typed_data(),
+                             dc0->typed_data());
   });
 }
 
@@ -600,5 +704,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxNativeLstmForwardTrain, ForwardTrainImpl,
                                   .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxNativeLstmBackward, BackwardImpl,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
 #endif  // LSTM_JAX_NO_FFI
