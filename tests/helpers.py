@@ -61,21 +61,22 @@ def value_and_grads(cell, params, xs, carry, impl, **kw):
     return out, grads
 
 
-def assert_auto_falls_back_to_fused(cell, params, xs, impl, target):
+def assert_auto_falls_back_to_fused(cell, params, xs, impl, target, refused=("lengths", "resets")):
     """A C++ form ``impl`` (FFI targets named ``target...``) refuses what it cannot serve:
-    ``impl="auto"`` then takes the fused form (``lengths``, ``resets``) or the scan (float64),
-    and asking for ``impl`` by name says why. ``xs`` is ``[B, T, I]`` float32, ``T >= 4``."""
+    ``impl="auto"`` then takes the fused form (for the options in ``refused``: ``lengths``,
+    ``resets``) or the scan (float64), and asking for ``impl`` by name says why. ``xs`` is
+    ``[B, T, I]`` float32, ``T >= 4``."""
     B, T = xs.shape[:2]
-    lengths, resets = jnp.full((B,), T - 1), jnp.zeros((B, T), bool).at[min(1, B - 1), 3].set(True)
-    for kw in (dict(lengths=lengths), dict(resets=resets)):
-        text = str(jax.make_jaxpr(lambda p, x, kw=kw: lj.unroll(cell, p, x, **kw)[0])(params, xs))
-        assert target not in text, kw
-        assert "custom_vjp_call" in text, kw  # the fused form
+    options = dict(lengths=jnp.full((B,), T - 1), resets=jnp.zeros((B, T), bool).at[min(1, B - 1), 3].set(True))
+    for name in refused:
+        text = str(jax.make_jaxpr(lambda p, x, name=name: lj.unroll(cell, p, x, **{name: options[name]})[0])(params, xs))
+        assert target not in text, name
+        assert "custom_vjp_call" in text, name  # the fused form
+        with pytest.raises(ValueError, match=re.escape(f"`impl={impl!r}` cannot be used here: this form takes no "
+                                                       f"`{name}`")):
+            lj.unroll(cell, params, xs, impl=impl, **{name: options[name]})
     f64 = jax.tree.map(lambda a: a.astype(jnp.float64), (params, xs))
     assert target not in str(jax.make_jaxpr(lambda p, x: lj.unroll(cell, p, x)[0])(*f64))
-    with pytest.raises(ValueError, match=re.escape(f"`impl={impl!r}` cannot be used here: this form takes no "
-                                                   "`lengths`")):
-        lj.unroll(cell, params, xs, impl=impl, lengths=lengths)
     with pytest.raises(ValueError, match="float32 only, got \\['float64'\\]"):
         lj.unroll(cell, *f64, impl=impl)
 

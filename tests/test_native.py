@@ -13,6 +13,7 @@ it is not built these tests skip, saying why, and the fallback tests at the end 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import re
 import subprocess
@@ -94,6 +95,9 @@ def test_auto_takes_native_for_the_vanilla_lstm_in_float32_on_the_cpu():
     stack = lj.stack([lj.layer(cell), lj.layer(cell)])
     sp = stack.init(jax.random.key(1), xs.shape[-1])
     assert uses_native(jax.grad(lambda p, x: jnp.sum(stack.apply(p, x)[0])), sp, xs)
+    # with packed documents (resets) too, as char_lm trains
+    doc_starts = jnp.zeros(xs.shape[:2], bool).at[:, 3].set(True)
+    assert uses_native(jax.grad(lambda p, x: jnp.sum(stack.apply(p, x, resets=doc_starts)[0])), sp, xs)
     # not for the variants (peepholes here): they have no native form
     peephole = lj.lstm(8, peephole=True)
     pp = peephole.init(jax.random.key(2), xs.shape[-1])
@@ -103,7 +107,34 @@ def test_auto_takes_native_for_the_vanilla_lstm_in_float32_on_the_cpu():
 @needs_extension
 def test_auto_falls_back_to_fused_where_native_cannot_serve():
     cell, params, xs, _ = problem((4,), H=native_rnn.AUTO_MIN_HIDDEN)
-    helpers.assert_auto_falls_back_to_fused(cell, params, xs, "native", TARGET)
+    helpers.assert_auto_falls_back_to_fused(cell, params, xs, "native", TARGET, refused=("lengths",))
+
+
+# Resets at step 0, at consecutive steps, at the last step, and none in one row.
+RESETS = np.zeros((5, 9), bool)
+RESETS[0, 0] = RESETS[1, [3, 4]] = RESETS[2, 8] = RESETS[4, [2, 5, 7]] = True
+
+
+@needs_extension
+@pytest.mark.parametrize("options", [dict(), dict(reverse=True)], ids=["plain", "reverse"])
+@pytest.mark.parametrize("B, I, H", [(5, 3, 5), (5, 40, 40)], ids=["small", "two-threads"])
+def test_native_resets_equal_the_scan_with_the_reset_carrys_gradient(B, I, H, options):
+    """Packed documents: flagged steps start from the reset carry (here ``reset_to``, another
+    carry than the initial one, so that its gradient is its own), in the forward pass and in
+    every gradient; on two threads too (B = 5 stacked three times, H = 40)."""
+    batch = B if H < 40 else 3 * B
+    cell, params, xs, carry = problem((batch,), I, RESETS.shape[1], H, seed=2)
+    reset_to = jax.tree.map(lambda a: a[::-1] + 0.5, carry)
+    resets = jnp.asarray(np.tile(RESETS, (batch // B, 1)))
+
+    def loss(impl, p, x, c, r):
+        ys, final = lj.unroll(cell, p, x, c, impl=impl, resets=resets, reset_to=r, **options)
+        return sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves((ys, final))), (ys, final)
+
+    args = (params, xs, carry, reset_to)
+    grad = lambda impl: jax.jit(jax.value_and_grad(functools.partial(loss, impl), argnums=(0, 1, 2, 3),
+                                                   has_aux=True))
+    helpers.assert_trees_close(grad("native")(*args), grad("scan")(*args), rtol=5e-5, atol=5e-5)
 
 
 @needs_extension
@@ -164,7 +195,7 @@ import ctypes, os, sys
 import numpy as np
 lib = ctypes.CDLL(sys.argv[1])
 P = ctypes.c_void_p
-lib.lstm_jax_native_forward.argtypes = [ctypes.c_int64] * 4 + [P] * 11
+lib.lstm_jax_native_forward.argtypes = [ctypes.c_int64] * 4 + [P] * 14
 T, B, I, H = 5, 16, 40, 40  # enough work per step for two threads on two cores
 rng = np.random.default_rng(0)
 xs, w_x, w_h = (rng.standard_normal(s).astype(np.float32) for s in ((T, B, I), (I, 4 * H), (H, 4 * H)))
@@ -172,7 +203,9 @@ b, h0 = np.zeros(4 * H, np.float32), np.zeros((B, H), np.float32)
 def run():
     ys, h, c = np.zeros((T, B, H), np.float32), np.zeros((B, H), np.float32), np.zeros((B, H), np.float32)
     ptr = lambda a: a.ctypes.data_as(P)
-    lib.lstm_jax_native_forward(T, B, I, H, *map(ptr, (xs, w_x, w_h, b, h0, h0, ys, h, c)), None, None)
+    no_resets = (None, None, None)
+    lib.lstm_jax_native_forward(T, B, I, H, *map(ptr, (xs, w_x, w_h, b, h0, h0)), *no_resets,
+                                *map(ptr, (ys, h, c)), None, None)
     return ys
 first = run()  # starts the kernel's thread pool
 pid = os.fork()

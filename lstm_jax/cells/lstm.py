@@ -307,7 +307,7 @@ def _lstm_cell(config: LSTMConfig) -> Cell:
 
     forms = {}
     if config.vanilla:
-        forms = {"native": SequenceForm(_native_run, lengths=False, resets=False, auto=native_rnn.preferred,
+        forms = {"native": SequenceForm(_native_run, lengths=False, auto=native_rnn.preferred,
                                         refuses=native_rnn.refusal,
                                         note="hand-written C++ recurrence on the CPU (lstm_jax.kernels.native_rnn)"),
                  "onednn": SequenceForm(_onednn_run, lengths=False, resets=False, auto=onednn_rnn.preferred,
@@ -340,8 +340,9 @@ def _pallas_refusal(params, xs, carry):
 
 
 def _native_run(params, xs, carry, *, valid, resets, unroll):
-    """The ``"native"`` form of the vanilla LSTM (no masks: ``valid`` and ``resets`` are None)."""
-    ys, (h, c) = native_rnn.lstm_layer(params.w_x, params.w_h, params.b, xs, carry.hidden, carry.cell)
+    """The ``"native"`` form of the vanilla LSTM (no lengths mask: ``valid`` is None)."""
+    flags, (hr, cr) = (None, (None, None)) if resets is None else (resets.where, resets.carry[:2])
+    ys, (h, c) = native_rnn.lstm_layer(params.w_x, params.w_h, params.b, xs, carry.hidden, carry.cell, flags, hr, cr)
     return ys, LSTMState(hidden=h, cell=c)
 
 

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from lstm_jax.kernels import _extension
 
@@ -99,37 +100,51 @@ def _call(target: str, outputs, *args):
 _f32 = _extension.f32
 
 
+def _resets(flags, hr, cr):
+    """The kernel's reset arguments: flags [T, B] as bytes with hr, cr [B, H], or three empty arrays."""
+    if flags is None:
+        return jnp.zeros((0,), jnp.uint8), jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.float32)
+    return flags.astype(jnp.uint8), hr, cr
+
+
 @jax.custom_vjp
-def lstm_layer(w_x: Array, w_h: Array, b: Array, xs: Array, h0: Array, c0: Array):
+def lstm_layer(w_x: Array, w_h: Array, b: Array, xs: Array, h0: Array, c0: Array, flags: Array | None = None,
+               hr: Array | None = None, cr: Array | None = None):
     """A vanilla LSTM layer over time, run by the native kernel: ``w_x [I, 4H]``, ``w_h
     [H, 4H]``, ``b [4H]`` (gate blocks i, f, g, o), inputs ``xs [T, B, I]`` (time-major) and
-    carry ``h0, c0 [B, H]``, all float32 -> ``(ys [T, B, H], (h_last, c_last))``, the
-    signature and results of :func:`lstm_jax.kernels.fused_rnn.lstm_layer` without masks.
-    Differentiable in every argument."""
+    carry ``h0, c0 [B, H]``, all float32; optionally resets: ``flags [T, B]`` bool, the steps that
+    start from the reset carry ``hr, cr [B, H]`` instead of the previous step's. Returns ``(ys
+    [T, B, H], (h_last, c_last))``, the signature and results of
+    :func:`lstm_jax.kernels.fused_rnn.lstm_layer` without the ``valid`` mask. Differentiable in
+    every float argument."""
     T, B, _ = xs.shape
     H = h0.shape[-1]
     ys, h, c = _call("lstm_jax_native_lstm_forward", (_f32((T, B, H)), _f32((B, H)), _f32((B, H))),
-                     xs, w_x, w_h, b, h0, c0)
+                     xs, w_x, w_h, b, h0, c0, *_resets(flags, hr, cr))
     return ys, (h, c)
 
 
-def _lstm_fwd(w_x, w_h, b, xs, h0, c0):
+def _lstm_fwd(w_x, w_h, b, xs, h0, c0, flags=None, hr=None, cr=None):
     T, B, _ = xs.shape
     H = h0.shape[-1]
+    resets = _resets(flags, hr, cr)
     ys, h, c, gates, cs = _call("lstm_jax_native_lstm_forward_train",
                                 (_f32((T, B, H)), _f32((B, H)), _f32((B, H)), _f32((T, B, 4 * H)),
                                  _f32((T, B, H))),
-                                xs, w_x, w_h, b, h0, c0)
-    return (ys, (h, c)), (w_x, w_h, xs, h0, c0, ys, gates, cs)
+                                xs, w_x, w_h, b, h0, c0, *resets)
+    return (ys, (h, c)), (w_x, w_h, xs, h0, c0, ys, gates, cs, resets)
 
 
 def _lstm_bwd(res, cotangents):
-    w_x, w_h, xs, h0, c0, ys, gates, cs = res
+    w_x, w_h, xs, h0, c0, ys, gates, cs, resets = res
     dys, (dh, dc) = cotangents
     # One call: the recurrence backwards and, chunk by chunk, the weight, bias and input gradients.
-    shapes = (w_x.shape, w_h.shape, w_h.shape[-1:], xs.shape, h0.shape, c0.shape)
-    return tuple(_call("lstm_jax_native_lstm_backward", tuple(map(_f32, shapes)),
-                       w_x, w_h, xs, h0, ys, gates, cs, c0, dys, dh, dc))
+    shapes = (w_x.shape, w_h.shape, w_h.shape[-1:], xs.shape, h0.shape, c0.shape, h0.shape, c0.shape)
+    dw_x, dw_h, db, dxs, dh0, dc0, dhr, dcr = _call("lstm_jax_native_lstm_backward", tuple(map(_f32, shapes)),
+                                                    w_x, w_h, xs, h0, ys, gates, cs, c0, *resets, dys, dh, dc)
+    if resets[0].size == 0:  # no resets: lstm_layer got flags = hr = cr = None
+        return dw_x, dw_h, db, dxs, dh0, dc0, None, None, None
+    return dw_x, dw_h, db, dxs, dh0, dc0, None, dhr, dcr
 
 
 lstm_layer.defvjp(_lstm_fwd, _lstm_bwd)

@@ -312,6 +312,15 @@ void unpad_rows(const float* src, int64_t B, int64_t H, int64_t Hp, float* dst) 
   for (int64_t b = 0; b < B; ++b) std::memcpy(dst + b * H, src + b * Hp, H * sizeof(float));
 }
 
+// Resets: flags [T, B] (null: none) mark the steps that start from the reset carry hr, cr [B, H]
+// instead of the previous step's (packed documents: nothing crosses a boundary).
+struct Resets {
+  const uint8_t* flags;
+  const float* hr;
+  const float* cr;
+  bool at(int64_t t, int64_t B, int64_t b) const { return flags && flags[t * B + b]; }
+};
+
 // --- forward ---------------------------------------------------------------------------------
 
 struct Forward {
@@ -325,6 +334,7 @@ struct Forward {
   float* ys;             // [T, B, H]
   float* gates;          // [T, B, 4H] or null
   float* cs;             // [T, B, H] or null
+  Resets resets;
 };
 
 // W [K, 4H] packed for the forward pass: [blocks][2][K][2][8].
@@ -370,10 +380,13 @@ void forward_block(const Forward& a, int64_t t, int blk, const float* hin, float
     const v8 g = tanh_v(z[2] + x[2] + bg);
     const v8 o = sigmoid_v(z[3] + x[3] + bo);
     float* cp = a.c + b * a.Hp + u0;
-    const v8 c = f * load(cp) + i * g;
+    const v8 c_prev = a.resets.at(t, B, b) ? load_n(a.resets.cr + b * H + u0, n) : load(cp);
+    const v8 c = f * c_prev + i * g;
     store(cp, c);
     const v8 h = o * tanh_v(c);
-    store(hout + b * a.Hp + u0, h);
+    // What the next step's product reads: h_t, or the reset carry where that step starts afresh.
+    const bool reset_next = t + 1 < a.T && a.resets.at(t + 1, B, b);
+    store(hout + b * a.Hp + u0, reset_next ? load_n(a.resets.hr + b * H + u0, n) : h);
     store_n(a.ys + row * H + u0, h, n);
     if (a.gates) {
       float* gp = a.gates + row * G + u0;
@@ -386,11 +399,12 @@ void forward_block(const Forward& a, int64_t t, int blk, const float* hin, float
 }  // namespace
 
 // Forward over T steps: xs [T, B, I], w_x [I, 4H], w_h [H, 4H], b [4H], h0, c0 [B, H] -> ys, h_T,
-// c_T, and the residuals gates and cs unless they are null (inference).
+// c_T, and the residuals gates and cs unless they are null (inference). Resets: flags [T, B]
+// (null: none), hr, cr [B, H].
 extern "C" void lstm_jax_native_forward(int64_t T, int64_t B, int64_t I, int64_t H, const float* xs,
                                         const float* w_x, const float* w_h, const float* bias, const float* h0,
-                                        const float* c0, float* ys, float* h_last, float* c_last, float* gates,
-                                        float* cs) {
+                                        const float* c0, const uint8_t* flags, const float* hr, const float* cr,
+                                        float* ys, float* h_last, float* c_last, float* gates, float* cs) {
   const int blocks = static_cast<int>((H + L - 1) / L);
   const int64_t Hp = int64_t(blocks) * L;
   thread_local std::vector<float> packed_buf, state_buf;
@@ -399,9 +413,11 @@ extern "C" void lstm_jax_native_forward(int64_t T, int64_t B, int64_t I, int64_t
   pack_forward(w_x, I, H, blocks, packed);
   pack_forward(w_h, H, H, blocks, packed + size_t(blocks) * 4 * I * L);
   Forward a{T, B, I, H, Hp, xs, packed, packed + size_t(blocks) * 4 * I * L, bias, {state, state + B * Hp},
-            state + 2 * B * Hp, ys, gates, cs};
+            state + 2 * B * Hp, ys, gates, cs, Resets{flags, hr, cr}};
   pad_rows(h0, B, H, Hp, a.h[0]);
   pad_rows(c0, B, H, Hp, a.c);
+  for (int64_t b = 0; T > 0 && b < B; ++b)  // the first step's product reads h from here
+    if (a.resets.at(0, B, b)) std::memcpy(a.h[0] + b * Hp, hr + b * H, H * sizeof(float));
   Pool::get().run(threads_for(B, I + H, H, blocks), [&](int j, int nt, Barrier& barrier) {
     int lo, hi;
     share(blocks, j, nt, lo, hi);
@@ -448,6 +464,9 @@ struct Backward {
   float* dc;            // [B, Hp]: dL/dc_t, carried back
   float* db;            // [4, Hp]: the bias gradient, summed over rows
   float* dxs;           // [T, B, I] out
+  Resets resets;
+  float* dhr;           // [B, Hp]: the reset carry's gradients, summed over the steps that start from it
+  float* dcr;           // [B, Hp]
 
   // dG_t's rows [B, Gp]: chunk t / S in buffer (t / S) % 2.
   float* dg(int64_t t) const { return dG + (((t / S) % 2) * S + t % S) * B * Gs; }
@@ -483,16 +502,29 @@ void backward_pair(const Backward& a, int64_t t, int pair, v8* acc) {
     v8 db[4] = {};
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = t * B + b;
-      const v8 dh_next = t + 1 < a.T ? acc[b * 2 + q] : load_n(a.dh_last + b * H + u0, n);
+      v8 dh_next = t + 1 < a.T ? acc[b * 2 + q] : load_n(a.dh_last + b * H + u0, n);
+      if (t + 1 < a.T && a.resets.at(t + 1, B, b)) {  // step t + 1 started from hr, not h_t
+        float* p = a.dhr + b * a.Hp + u0;
+        store(p, load(p) + dh_next);
+        dh_next = v8{};
+      }
       const v8 dh = dh_next + load_n(a.dys + row * H + u0, n);
       const float* gp = a.gates + row * G + u0;
       const v8 i = load_n(gp, n), f = load_n(gp + H, n), g = load_n(gp + 2 * H, n), o = load_n(gp + 3 * H, n);
       const v8 c = load_n(a.cs + row * H + u0, n);
-      const v8 c_prev = t > 0 ? load_n(a.cs + (row - B) * H + u0, n) : load_n(a.c0 + b * H + u0, n);
+      const bool reset = a.resets.at(t, B, b);
+      const v8 c_prev = reset ? load_n(a.resets.cr + b * H + u0, n)
+                              : t > 0 ? load_n(a.cs + (row - B) * H + u0, n) : load_n(a.c0 + b * H + u0, n);
       const v8 tc = tanh_v(c);
       float* dcp = a.dc + b * a.Hp + u0;
       const v8 dc = load(dcp) + dh * o * (1.f - tc * tc);
-      store(dcp, dc * f);
+      if (reset) {  // c_prev was cr
+        float* p = a.dcr + b * a.Hp + u0;
+        store(p, load(p) + dc * f);
+        store(dcp, v8{});
+      } else {
+        store(dcp, dc * f);
+      }
       const v8 d[4] = {dc * g * i * (1.f - i), dc * c_prev * f * (1.f - f), dc * i * (1.f - g * g),
                        dh * tc * o * (1.f - o)};
       float* dst = dgt + b * a.Gs + u0;
@@ -511,7 +543,15 @@ void backward_first(const Backward& a, int pair, v8* acc, float* out) {
   for (int q = 0; q < 2; ++q) {
     const int64_t u0 = (int64_t(pair) * 2 + q) * L;
     if (u0 >= a.H) break;
-    for (int64_t b = 0; b < a.B; ++b) store_n(out + b * a.H + u0, acc[b * 2 + q], lanes(a.H, u0));
+    for (int64_t b = 0; b < a.B; ++b) {
+      if (a.resets.at(0, a.B, b)) {  // step 0 started from hr, not h0
+        float* p = a.dhr + b * a.Hp + u0;
+        store(p, load(p) + acc[b * 2 + q]);
+        store_n(out + b * a.H + u0, v8{}, lanes(a.H, u0));
+      } else {
+        store_n(out + b * a.H + u0, acc[b * 2 + q], lanes(a.H, u0));
+      }
+    }
   }
 }
 
@@ -526,9 +566,11 @@ void gradient_chunk(const Backward& a, int64_t t0, int64_t t1, int64_t z0, int64
   const float* dgc = a.dg(t0);  // the chunk's rows, consecutive
   if (nz > 0) {
     for (int64_t r = 0; r < K; ++r) {
-      const int64_t row = t0 * B + r;  // h_prev of row (t, b) is h_{t-1}[b]: ys one step back, or h0
+      const int64_t row = t0 * B + r;  // h_prev of row (t, b): ys one step back, h0, or hr after a reset
       const float* x = a.xs + row * I;
-      const float* h = row < B ? a.h0 + row * H : a.ys + (row - B) * H;
+      const float* h = a.resets.flags && a.resets.flags[row] ? a.resets.hr + (row % B) * H
+                       : row < B                            ? a.h0 + row * H
+                                                            : a.ys + (row - B) * H;
       for (int64_t z = z0; z < z1; ++z) zt[(z - z0) * K + r] = z < I ? x[z] : h[z - I];
     }
     for (int64_t c0 = 0; c0 < a.Gp; c0 += kPacked) {
@@ -549,14 +591,18 @@ void gradient_chunk(const Backward& a, int64_t t0, int64_t t1, int64_t z0, int64
 }  // namespace
 
 // Backward over T steps: the gradients of the loss with respect to w_x [I, 4H], w_h [H, 4H],
-// b [4H], xs [T, B, I], h0 and c0 [B, H], from the forward pass's inputs, outputs ys and residuals
-// (gates, cs) and the cotangents dys [T, B, H], dh_last, dc_last [B, H].
+// b [4H], xs [T, B, I], h0, c0 [B, H] and the reset carry hr, cr [B, H] (zero without resets),
+// from the forward pass's inputs, outputs ys and residuals (gates, cs) and the cotangents
+// dys [T, B, H], dh_last, dc_last [B, H].
 extern "C" void lstm_jax_native_backward(int64_t T, int64_t B, int64_t I, int64_t H, const float* w_x,
                                          const float* w_h, const float* xs, const float* h0, const float* ys,
-                                         const float* gates, const float* cs, const float* c0, const float* dys,
-                                         const float* dh_last, const float* dc_last, float* dw_x, float* dw_h,
-                                         float* db, float* dxs, float* dh0, float* dc0) {
+                                         const float* gates, const float* cs, const float* c0, const uint8_t* flags,
+                                         const float* hr, const float* cr, const float* dys, const float* dh_last,
+                                         const float* dc_last, float* dw_x, float* dw_h, float* db, float* dxs,
+                                         float* dh0, float* dc0, float* dhr, float* dcr) {
   const int64_t G = 4 * H;
+  std::memset(dhr, 0, B * H * sizeof(float));
+  std::memset(dcr, 0, B * H * sizeof(float));
   if (T == 0) {
     std::memset(dw_x, 0, I * G * sizeof(float));
     std::memset(dw_h, 0, H * G * sizeof(float));
@@ -571,17 +617,19 @@ extern "C" void lstm_jax_native_backward(int64_t T, int64_t B, int64_t I, int64_
   const int64_t Gs = Gp + kPacked;
   thread_local std::vector<float> packed_buf, state_buf;
   float* packed = scratch(packed_buf, size_t(pairs + ipairs) * G * kPacked);
-  float* state = scratch(state_buf, size_t(B * Hp + 4 * Hp + 2 * S * B * Gs));
+  float* state = scratch(state_buf, size_t(3 * B * Hp + 4 * Hp + 2 * S * B * Gs));
   pack_transposed(w_h, H, G, pairs, packed);
   pack_transposed(w_x, I, G, ipairs, packed + size_t(pairs) * G * kPacked);
   float* dc = state;
-  float* dbp = state + B * Hp;
+  float* dhrp = dc + B * Hp;
+  float* dcrp = dhrp + B * Hp;
+  float* dbp = dcrp + B * Hp;
   float* dG = dbp + 4 * Hp;
   pad_rows(dc_last, B, H, Hp, dc);
   // The padding columns of dG are read by the weight-gradient products (their results dropped).
-  std::memset(dbp, 0, (4 * Hp + 2 * S * B * Gs) * sizeof(float));
+  std::memset(dhrp, 0, (2 * B * Hp + 4 * Hp + 2 * S * B * Gs) * sizeof(float));
   Backward a{T, B, I, H, Hp, G, Gp, Gs, S, packed, packed + size_t(pairs) * G * kPacked, xs, h0, ys, gates, cs, c0,
-             dys, dh_last, dG, dc, dbp, dxs};
+             dys, dh_last, dG, dc, dbp, dxs, Resets{flags, hr, cr}, dhrp, dcrp};
   Pool::get().run(threads_for(B, G, H, pairs), [&](int j, int nt, Barrier& barrier) {
     int lo, hi, p0, p1, z0, z1;
     share(pairs, j, nt, lo, hi);
@@ -607,6 +655,7 @@ extern "C" void lstm_jax_native_backward(int64_t T, int64_t B, int64_t I, int64_
   });
   for (int k = 0; k < 4; ++k) std::memcpy(db + k * H, dbp + k * Hp, H * sizeof(float));
   unpad_rows(dc, B, H, Hp, dc0);
+  if (flags) unpad_rows(dhrp, B, H, Hp, dhr), unpad_rows(dcrp, B, H, Hp, dcr);
 }
 
 // --- XLA FFI handlers --------------------------------------------------------------------------
@@ -617,16 +666,21 @@ namespace {
 namespace ffi = xla::ffi;
 using F32 = ffi::Buffer<ffi::F32>;
 using OutF32 = ffi::ResultBuffer<ffi::F32>;
+using U8 = ffi::Buffer<ffi::U8>;
 
-// Shapes the Python side guarantees; checked again here because a wrong one would read out of bounds.
+// Asks the kernel to back a fresh output buffer with 2 MiB pages where it can (as the oneDNN
+// form's rnn.cc does for its workspace): XLA allocates the residuals anew at every call, and
+// faulting tens of MB in 4 KiB at a time cost more than the products written into them.
 void prefer_huge_pages(void* data, size_t bytes) {
   constexpr uintptr_t kHuge = 2u << 20;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
-template <typename Buf> void huge(Buf& b) { prefer_huge_pages(b->typed_data(), b->element_count() * sizeof(float)); }
 
+void prefer_huge_pages(OutF32& b) { prefer_huge_pages(b->typed_data(), b->element_count() * sizeof(float)); }
+
+// Shapes the Python side guarantees; checked again here because a wrong one would read out of bounds.
 ffi::Error check(bool ok, const char* what) {
   return ok ? ffi::Error::Success()
             : ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("lstm_jax native LSTM: ") + what);
@@ -642,68 +696,91 @@ ffi::Error guarded(Fn fn) {
   }
 }
 
-// xs [T, B, I], w_x [I, 4H], w_h [H, 4H], b [4H], h0, c0 [B, H] -> ys [T, B, H], h_T, c_T [B, H]
-// (and, training, gates [T, B, 4H], cs [T, B, H]).
-ffi::Error forward(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, OutF32 ys, OutF32 h, OutF32 c, float* gates,
-                   float* cs) {
+// Resets as the Python side passes them: flags [T, B] with hr, cr [B, H], or all three empty.
+struct ResetArgs {
+  U8 flags;
+  F32 hr, cr;
+  bool present() const { return flags.element_count() > 0; }
+  bool consistent(int64_t T, int64_t B, int64_t H) const {
+    return present() ? flags.element_count() == T * B && hr.element_count() == B * H && cr.element_count() == B * H
+                     : hr.element_count() == 0 && cr.element_count() == 0;
+  }
+  const uint8_t* flags_or_null() const { return present() ? flags.typed_data() : nullptr; }
+};
+
+// xs [T, B, I], w_x [I, 4H], w_h [H, 4H], b [4H], h0, c0 [B, H], resets -> ys [T, B, H], h_T, c_T
+// [B, H] (and, training, gates [T, B, 4H], cs [T, B, H]).
+ffi::Error forward(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, const ResetArgs& r, OutF32 ys, OutF32 h,
+                   OutF32 c, float* gates, float* cs) {
   const auto d = xs.dimensions();
   if (d.size() != 3 || h0.dimensions().size() != 2) return check(false, "xs must be [T, B, I], h0 [B, H]");
   const int64_t T = d[0], B = d[1], I = d[2], H = h0.dimensions()[1];
   if (auto e = check(h0.dimensions()[0] == B && w_x.element_count() == 4 * I * H &&
-                     w_h.element_count() == 4 * H * H && b.element_count() == 4 * H && c0.element_count() == B * H,
+                     w_h.element_count() == 4 * H * H && b.element_count() == 4 * H &&
+                     c0.element_count() == B * H && r.consistent(T, B, H),
                      "inconsistent shapes");
       e.failure())
     return e;
   return guarded([&] {
     lstm_jax_native_forward(T, B, I, H, xs.typed_data(), w_x.typed_data(), w_h.typed_data(), b.typed_data(),
-                            h0.typed_data(), c0.typed_data(), ys->typed_data(), h->typed_data(), c->typed_data(),
-                            gates, cs);
+                            h0.typed_data(), c0.typed_data(), r.flags_or_null(), r.hr.typed_data(),
+                            r.cr.typed_data(), ys->typed_data(), h->typed_data(), c->typed_data(), gates, cs);
   });
 }
 
-ffi::Error ForwardImpl(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, OutF32 ys, OutF32 h, OutF32 c) {
-  return forward(xs, w_x, w_h, b, h0, c0, ys, h, c, nullptr, nullptr);
+ffi::Error ForwardImpl(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, U8 flags, F32 hr, F32 cr, OutF32 ys,
+                       OutF32 h, OutF32 c) {
+  return forward(xs, w_x, w_h, b, h0, c0, ResetArgs{flags, hr, cr}, ys, h, c, nullptr, nullptr);
 }
 
-ffi::Error ForwardTrainImpl(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, OutF32 ys, OutF32 h, OutF32 c,
-                            OutF32 gates, OutF32 cs) {
-  huge(ys); huge(gates); huge(cs);
-  return forward(xs, w_x, w_h, b, h0, c0, ys, h, c, gates->typed_data(), cs->typed_data());
+ffi::Error ForwardTrainImpl(F32 xs, F32 w_x, F32 w_h, F32 b, F32 h0, F32 c0, U8 flags, F32 hr, F32 cr, OutF32 ys,
+                            OutF32 h, OutF32 c, OutF32 gates, OutF32 cs) {
+  for (OutF32* out : {&ys, &gates, &cs}) prefer_huge_pages(*out);
+  return forward(xs, w_x, w_h, b, h0, c0, ResetArgs{flags, hr, cr}, ys, h, c, gates->typed_data(),
+                 cs->typed_data());
 }
 
-// w_x, w_h, xs, h0, ys, gates, cs, c0, dys, dh_T, dc_T -> dw_x, dw_h, db, dxs, dh0, dc0.
-ffi::Error BackwardImpl(F32 w_x, F32 w_h, F32 xs, F32 h0, F32 ys, F32 gates, F32 cs, F32 c0, F32 dys, F32 dh,
-                        F32 dc, OutF32 dw_x, OutF32 dw_h, OutF32 db, OutF32 dxs, OutF32 dh0, OutF32 dc0) {
+// w_x, w_h, xs, h0, ys, gates, cs, c0, resets, dys, dh_T, dc_T -> dw_x, dw_h, db, dxs, dh0, dc0,
+// dhr, dcr.
+ffi::Error BackwardImpl(F32 w_x, F32 w_h, F32 xs, F32 h0, F32 ys, F32 gates, F32 cs, F32 c0, U8 flags, F32 hr,
+                        F32 cr, F32 dys, F32 dh, F32 dc, OutF32 dw_x, OutF32 dw_h, OutF32 db, OutF32 dxs,
+                        OutF32 dh0, OutF32 dc0, OutF32 dhr, OutF32 dcr) {
   const auto d = xs.dimensions();
   if (d.size() != 3 || c0.dimensions().size() != 2) return check(false, "xs must be [T, B, I], c0 [B, H]");
   const int64_t T = d[0], B = d[1], I = d[2], H = c0.dimensions()[1];
+  const ResetArgs r{flags, hr, cr};
   if (auto e = check(c0.dimensions()[0] == B && w_x.element_count() == 4 * I * H &&
                      w_h.element_count() == 4 * H * H && h0.element_count() == B * H &&
                      ys.element_count() == T * B * H && gates.element_count() == T * B * 4 * H &&
                      cs.element_count() == T * B * H && dys.element_count() == T * B * H &&
-                     dh.element_count() == B * H && dc.element_count() == B * H, "inconsistent shapes");
+                     dh.element_count() == B * H && dc.element_count() == B * H && r.consistent(T, B, H) &&
+                     dhr->element_count() == B * H && dcr->element_count() == B * H,
+                     "inconsistent shapes");
       e.failure())
     return e;
-  huge(dxs);
+  prefer_huge_pages(dxs);
   return guarded([&] {
     lstm_jax_native_backward(T, B, I, H, w_x.typed_data(), w_h.typed_data(), xs.typed_data(), h0.typed_data(),
                              ys.typed_data(), gates.typed_data(), cs.typed_data(), c0.typed_data(),
-                             dys.typed_data(), dh.typed_data(), dc.typed_data(), dw_x->typed_data(),
-                             dw_h->typed_data(), db->typed_data(), dxs->typed_data(), dh0->typed_data(),
-                             dc0->typed_data());
+                             r.flags_or_null(), hr.typed_data(), cr.typed_data(), dys.typed_data(), dh.typed_data(),
+                             dc.typed_data(), dw_x->typed_data(), dw_h->typed_data(), db->typed_data(),
+                             dxs->typed_data(), dh0->typed_data(), dc0->typed_data(), dhr->typed_data(),
+                             dcr->typed_data());
   });
 }
 
 }  // namespace
 
+#define LSTM_JAX_ARGS6 Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+#define LSTM_JAX_RESETS Arg<U8>().Arg<F32>().Arg<F32>()
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxNativeLstmForward, ForwardImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().LSTM_JAX_ARGS6.LSTM_JAX_RESETS.Ret<F32>().Ret<F32>().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxNativeLstmForwardTrain, ForwardTrainImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().LSTM_JAX_ARGS6.LSTM_JAX_RESETS.Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Ret<F32>().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxNativeLstmBackward, BackwardImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().LSTM_JAX_ARGS6.Arg<F32>().Arg<F32>().LSTM_JAX_RESETS
+                                  .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Ret<F32>().Ret<F32>());
 #endif  // LSTM_JAX_NO_FFI
