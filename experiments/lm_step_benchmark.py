@@ -13,7 +13,8 @@ size ``--hidden`` -> readout, mean cross-entropy, global-norm clipping at 1, Ada
 
 Median of ``--repeats`` steps after warm-up, the implementations interleaved in rounds as in
 ``experiments/benchmark.py`` (``time_interleaved``). The batch carries no document boundaries
-(``resets``), which the C++ forms do not take (with them the fused form serves).
+(``resets``): the PyTorch twin runs a batch with them in pieces (``nn.LSTM`` has no per-row
+reset), and the oneDNN form takes none (the native form does).
 
     JAX_PLATFORMS=cpu python experiments/lm_step_benchmark.py                 # 2 x LSTM 256, B=32, T=128
     JAX_PLATFORMS=cpu python experiments/lm_step_benchmark.py --cell gru

@@ -220,10 +220,10 @@ def lstm(
       present), ``cell``, ``hidden``. The vanilla cell (no option but ``forget_bias`` and the
       initialisers) has the forms ``"native"`` (the recurrence as C++,
       :mod:`lstm_jax.kernels.native_rnn`; picked by ``impl="auto"`` on the CPU for float32
-      without ``lengths`` or ``resets`` from hidden size 128 on, when the extension is
-      built), ``"onednn"`` (oneDNN's LSTM primitive, :mod:`lstm_jax.kernels.onednn_rnn`;
-      picked by ``"auto"`` in the same cases from batch 8 on where ``"native"`` is not
-      built), ``"fused"`` (a
+      without ``lengths`` (``resets`` it takes) from hidden size 128 on, when the extension
+      is built), ``"onednn"`` (oneDNN's LSTM primitive, :mod:`lstm_jax.kernels.onednn_rnn`;
+      picked by ``"auto"`` for float32 without ``lengths`` or ``resets`` from batch 8 and
+      hidden size 128 on where ``"native"`` is not built), ``"fused"`` (a
       hand-written backward pass, :mod:`lstm_jax.kernels.fused_rnn`; picked by
       ``impl="auto"`` everywhere else) and ``"pallas"`` (the
       recurrence as Pallas kernels, :mod:`lstm_jax.kernels.pallas_lstm`; opt-in, no

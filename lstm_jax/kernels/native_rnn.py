@@ -1,12 +1,14 @@
-"""The vanilla LSTM's recurrence as hand-written C++ for the CPU (float32), through :mod:`jax.ffi`.
+"""The vanilla LSTM as hand-written C++ for the CPU (float32), through :mod:`jax.ffi`.
 
-The ``"native"`` form of ``lstm(H)``. The loops are ``lstm_jax/kernels/native/lstm.cc``: per
-step the products ``x_t W_x + h_{t-1} W_h`` with both weights packed once per call, the gates
-and the cell update (forward), and per step ``dh = dG_{t+1} W_h^T`` with the gate gradients
-(backward). XLA does the rest of the backward pass, large matrix products over all steps at
-once: the weight, bias and input gradients from the pre-activation gradients ``dG``. Threads
-split the hidden units, so each step needs one barrier; the library is built with
-``-march=native`` for the machine it runs on (``LSTM_JAX_NATIVE_THREADS`` caps its threads).
+The ``"native"`` form of ``lstm(H)``. The loops are ``lstm_jax/kernels/native/lstm.cc``.
+Forward: per step the products ``x_t W_x + h_{t-1} W_h`` with both weights packed once per
+call, the gates and the cell update. Backward, one call for the whole gradient: per step
+``dh = dG_{t+1} W_h^T`` and the pre-activation gradients ``dG_t``; a chunk of about 256 rows
+(batch x steps) at a time, while it is in cache, the weight gradients ``[x | h_prev]^T dG``,
+the bias gradient and the input gradients ``dG W_x^T``. ``dG`` never leaves the kernel, so XLA
+gets no ``[T, B, 4H]`` intermediate to allocate, copy or re-layout. Threads split the hidden
+units, so each step needs one barrier; the library is built with ``-march=native`` for the
+machine it runs on (``LSTM_JAX_NATIVE_THREADS`` caps its threads).
 
 Why it exists (issue 17; README, Performance): the fused XLA form runs several XLA ops per
 step, and XLA's per-step matmuls on a small batch ran at about half the machine's dense rate;
@@ -16,7 +18,8 @@ needs no library beyond a C++ compiler and JAX's FFI headers.
 
 :func:`lstm_layer` is a :func:`jax.custom_vjp` function; without differentiation the forward
 pass writes no residuals. Shapes are time-major with the batch flattened: ``xs [T, B, I]``,
-carries ``[B, H]``. It serves float32 calls on the CPU without ``lengths`` or ``resets``.
+carries ``[B, H]``. It serves float32 calls on the CPU, with or without ``resets`` (packed
+documents), without ``lengths``.
 """
 
 from __future__ import annotations
@@ -78,12 +81,11 @@ def refusal(params, xs, carry) -> str | None:
 
 
 # impl="auto" takes the native LSTM from this hidden size on. In a sweep against the fused XLA
-# form (T = 64, B in {1, 4, 8, 32, 128}, H in {32, ..., 512}, interleaved, 2-core x86-64 CPU;
-# README, Performance), from H = 128 on the native form was 0.99-1.44x the fused form's speed in
-# forward+backward (median 1.24) and 0.63-1.90x forward (median 1.37; slower only at batch 1-4);
-# at H = 32 and 64 the fused form was faster in forward+backward in 6 of 10 cells (median 0.91):
-# there the kernel's per-call and per-step costs (waking its thread, a barrier per step) are not
-# repaid by so little work per step.
+# form (T = 64, B in {1, 4, 8, 32, 128}, H in {32, 64, 128, 256}, interleaved, 2-core x86-64 CPU;
+# README, Performance), from H = 128 on the native form was 1.22-1.84x the fused form's speed in
+# forward+backward and 1.17-2.25x forward, in every cell; at H = 32 and 64 it won 8 of 10 cells
+# forward+backward and 7 of 10 forward, losing (0.48-0.78x) in calls of under a millisecond,
+# where its per-call and per-step costs (waking its thread, a barrier per step) weigh most.
 AUTO_MIN_HIDDEN = 128
 
 

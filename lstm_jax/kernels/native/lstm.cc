@@ -1,12 +1,12 @@
-// The LSTM's recurrence on the CPU, written out: an XLA FFI handler for the forward pass (with or
-// without the residuals the backward pass reads) and one for the backward pass.
+// The LSTM on the CPU, written out: XLA FFI handlers for the forward pass (with or without the
+// residuals the backward pass reads) and for the backward pass (the whole gradient).
 //
 // What it does: per step the products x_t W_x + h_{t-1} W_h (the input projection a few steps
 // at a time, see kProjectionRows), the gates and the cell update (forward); per step
-// dh = dG_{t+1} W_h^T and the gate gradients dG_t (backward). Both weights are packed once per
-// call so that each step reads them in the order it uses them. What it leaves to XLA
-// (lstm_jax/kernels/native_rnn.py): the weight, bias and input gradients from dG, one large
-// matmul each over all steps.
+// dh = dG_{t+1} W_h^T and the gate gradients dG_t, and a chunk of steps at a time the weight,
+// bias and input gradients from dG (backward, see gradient_chunk). Both weights are packed once
+// per call so that each step reads them in the order it uses them. Resets (packed documents):
+// flagged steps start from a reset carry instead of the previous step's.
 //
 // Threads split the hidden units (blocks of 8, one 256-bit vector): a thread computes all four
 // gates of its units, so the cell update needs nothing from the others and one barrier per step
@@ -16,8 +16,7 @@
 //
 // Layouts, row-major, time-major: xs [T, B, I]; w_x [I, 4H], w_h [H, 4H], b [4H] (gate blocks
 // i, f, g, o along the last axis); h0, c0 [B, H]; ys [T, B, H]; residuals gates [T, B, 4H] (the
-// activations i, f, g, o) and cs [T, B, H] (c_t); backward output dG [T, B, 4H] (the
-// pre-activation gradients).
+// activations i, f, g, o) and cs [T, B, H] (c_t); resets flags [T, B] (bytes), hr, cr [B, H].
 
 #include <pthread.h>
 #include <sys/mman.h>
