@@ -467,7 +467,7 @@ struct Backward {
   float* dhr;           // [B, Hp]: the reset carry's gradients, summed over the steps that start from it
   float* dcr;           // [B, Hp]
 
-  // dG_t's rows [B, Gp]: chunk t / S in buffer (t / S) % 2.
+  // dG_t's B rows (Gs floats apart): chunk t / S in buffer (t / S) % 2.
   float* dg(int64_t t) const { return dG + (((t / S) % 2) * S + t % S) * B * Gs; }
 };
 
@@ -635,6 +635,8 @@ extern "C" void lstm_jax_native_backward(int64_t T, int64_t B, int64_t I, int64_
     share(ipairs, j, nt, p0, p1);
     share(static_cast<int>(I + H), j, nt, z0, z1);
     const int64_t nz = z1 - z0, K = S * B;
+    // This thread's rows of dW, [nz][Gp / 8] vectors: accumulated over the chunks, copied out at
+    // the end (rows of the outputs need not be vector-aligned).
     v8* acc = accumulators(size_t(std::max(B, K)) * 2 + size_t(nz) * (Gp / L));
     v8* dw = acc + std::max(B, K) * 2;
     std::fill(dw, dw + nz * (Gp / L), v8{});
