@@ -82,9 +82,9 @@ def refusal(params, xs, carry) -> str | None:
 
 # impl="auto" takes the native LSTM from this hidden size on. In a sweep against the fused XLA
 # form (T = 64, B in {1, 4, 8, 32, 128}, H in {32, 64, 128, 256}, interleaved, 2-core x86-64 CPU;
-# README, Performance), from H = 128 on the native form was 1.22-1.84x the fused form's speed in
-# forward+backward and 1.17-2.25x forward, in every cell; at H = 32 and 64 it won 8 of 10 cells
-# forward+backward and 7 of 10 forward, losing (0.48-0.78x) in calls of under a millisecond,
+# README, Performance), from H = 128 on the native form was 1.04-1.83x the fused form's speed in
+# forward+backward and 1.11-2.19x forward, in every cell; at H = 32 and 64 it won 7 of 10 cells
+# forward+backward and 9 of 10 forward, losing (0.55-0.89x) in calls of about a millisecond,
 # where its per-call and per-step costs (waking its thread, a barrier per step) weigh most.
 AUTO_MIN_HIDDEN = 128
 
