@@ -135,6 +135,10 @@ def test_native_resets_equal_the_scan_with_the_reset_carrys_gradient(B, I, H, op
     grad = lambda impl: jax.jit(jax.value_and_grad(functools.partial(loss, impl), argnums=(0, 1, 2, 3),
                                                    has_aux=True))
     helpers.assert_trees_close(grad("native")(*args), grad("scan")(*args), rtol=5e-5, atol=5e-5)
+    # and the forward pass alone (inference: the kernel writes no residuals)
+    run = lambda impl: jax.jit(lambda *a: lj.unroll(cell, *a[:3], impl=impl, resets=resets, reset_to=a[3],  # noqa: E731
+                                                     **options))(*args)
+    helpers.assert_trees_close(run("native"), run("scan"), rtol=5e-5, atol=5e-5)
 
 
 @needs_extension
