@@ -362,7 +362,7 @@ inline int64_t projection_steps(int64_t B) { return std::max<int64_t>(1, kProjec
 // x_t W_x for steps t0..t0+S-1 and unit block blk: xacc [S * B][4] (gate pre-activations).
 void forward_project(const Forward& a, int64_t t0, int64_t S, int blk, v8* xacc) {
   for (int p = 0; p < 2; ++p)
-    multiply(a.xs + t0 * a.B * a.I, a.I, S * a.B, a.w_x + (int64_t(blk) * 2 + p) * a.I * 2 * L, a.I, xacc + 2 * p, 4);
+    multiply(a.xs + t0 * a.B * a.I, a.I, S * a.B, a.w_x + (int64_t(blk) * 2 + p) * a.I * kPacked, a.I, xacc + 2 * p, 4);
 }
 
 // Step t for unit block blk: the gates of every row, xacc (x_t W_x, from forward_project) +
@@ -370,7 +370,7 @@ void forward_project(const Forward& a, int64_t t0, int64_t S, int blk, v8* xacc)
 // h_t = hout.
 void forward_block(const Forward& a, int64_t t, int blk, const float* hin, float* hout, const v8* xacc, v8* acc) {
   const int64_t H = a.H, G = 4 * H, B = a.B;
-  for (int p = 0; p < 2; ++p) multiply(hin, a.Hp, B, a.w + (int64_t(blk) * 2 + p) * H * 2 * L, H, acc + 2 * p, 4);
+  for (int p = 0; p < 2; ++p) multiply(hin, a.Hp, B, a.w + (int64_t(blk) * 2 + p) * H * kPacked, H, acc + 2 * p, 4);
   const int64_t u0 = int64_t(blk) * L;
   const int n = lanes(H, u0);
   const v8 bi = load_n(a.bias + u0, n), bf = load_n(a.bias + u0 + H, n), bg = load_n(a.bias + u0 + 2 * H, n),
